@@ -1,0 +1,5 @@
+import sys
+
+from pegasus.cli import main
+
+sys.exit(main())

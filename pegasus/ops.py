@@ -1,0 +1,68 @@
+"""Typed wrappers of the `pegasus::` custom ops, their fake (meta) implementations and input checks.
+
+The schemas are defined once, in C++ (csrc/ops.cpp); backend kernels register under the same
+names (csrc/cpu for the CPU key, pegasus.kernels for CUDA). The "reference" backend calls the
+pure-PyTorch functions in `pegasus.reference` directly, so it works without the extension.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pegasus import _extension, reference
+from pegasus.backend import resolve_backend
+
+__all__ = ["nearest_code"]
+
+if _extension.has_cpp_ops():
+
+    @torch.library.register_fake("pegasus::nearest_code")
+    def _nearest_code_fake(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
+        torch._check(z.dim() == 2, lambda: f"nearest_code: z should be 2-D [N, D], got {z.dim()}-D")
+        torch._check(
+            codebook.dim() == 2,
+            lambda: f"nearest_code: codebook should be 2-D [K, D], got {codebook.dim()}-D",
+        )
+        torch._check(
+            z.shape[1] == codebook.shape[1],
+            lambda: f"nearest_code: z has D={z.shape[1]} but codebook has D={codebook.shape[1]}",
+        )
+        torch._check(z.dtype == codebook.dtype, lambda: "nearest_code: z and codebook dtypes differ")
+        n = z.shape[0]
+        return z.new_empty(n, dtype=torch.int64), z.new_empty(n)
+
+
+def _check_nearest_code_inputs(z: Tensor, codebook: Tensor) -> None:
+    if z.dim() != 2:
+        raise ValueError(f"nearest_code: z should be a 2-D tensor [N, D], got shape {tuple(z.shape)}")
+    if codebook.dim() != 2:
+        raise ValueError(
+            f"nearest_code: codebook should be a 2-D tensor [K, D], got shape {tuple(codebook.shape)}"
+        )
+    if codebook.shape[0] == 0:
+        raise ValueError("nearest_code: codebook is empty (K=0)")
+    if z.shape[1] != codebook.shape[1]:
+        raise ValueError(
+            f"nearest_code: z is {tuple(z.shape)} and codebook is {tuple(codebook.shape)}: D differs"
+        )
+    if not z.dtype.is_floating_point or z.dtype != codebook.dtype:
+        raise ValueError(
+            "nearest_code: z and codebook should share one floating dtype, got "
+            f"{z.dtype} and {codebook.dtype}"
+        )
+    if z.device != codebook.device:
+        raise ValueError(f"nearest_code: z is on {z.device} but codebook is on {codebook.device}")
+
+
+def nearest_code(z: Tensor, codebook: Tensor, backend: str | None = None) -> tuple[Tensor, Tensor]:
+    """Index of the nearest codebook row for every row of `z`, and its squared distance.
+
+    z: Tensor[N, D], codebook: Tensor[K, D] (same floating dtype and device)
+    -> (indices: Tensor[N] int64, min_sq_dist: Tensor[N] of z's dtype).
+    Not differentiable: quantisers use the indices and look the codes up themselves.
+    backend: None | "reference" | "cpu" | "triton" (see `pegasus.backend.resolve_backend`).
+    """
+    _check_nearest_code_inputs(z, codebook)
+    if resolve_backend(backend, z.device, "nearest_code") == "reference":
+        return reference.nearest_code(z, codebook)
+    return torch.ops.pegasus.nearest_code(z, codebook)

@@ -1,0 +1,48 @@
+"""Build pegasus and its C++ extension `pegasus._C` against the torch already installed.
+
+Install with `pip install --no-build-isolation -e .` after `pip install torch==2.13.0`: an isolated
+build would fetch its own (CUDA, multi-GB) torch and compile against a different ABI.
+"""
+import glob
+
+from setuptools import find_packages, setup
+
+try:
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+except ImportError as e:  # pragma: no cover - a build-environment problem, explained to the user
+    raise SystemExit(
+        "pegasus builds its C++ extension against the installed torch, which was not found "
+        f"({e}). Install torch first (`pip install torch==2.13.0`), then "
+        "`pip install --no-build-isolation -e .`."
+    )
+
+_openmp = ["-fopenmp"]
+ext = CppExtension(
+    name="pegasus._C",
+    sources=sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")),
+    extra_compile_args={"cxx": ["-O3", *_openmp]},
+    extra_link_args=_openmp,
+    py_limited_api=False,
+)
+
+setup(
+    name="pegasus",
+    version="0.1.0",
+    description="White winged horses from a VQ-VAE and a PixelCNN prior, with fast C++/Triton paths",
+    packages=find_packages(include=["pegasus", "pegasus.*"]) + ["pegasus.kernels"],
+    package_dir={"pegasus.kernels": "kernels"},
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExtension},
+    python_requires=">=3.10",
+    install_requires=[
+        # Pinned: this is the CPU build on the project's machines; an unpinned torch pulls CUDA.
+        "torch==2.13.0",
+        "numpy",
+        "pillow",
+        "safetensors",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest"], "triton": ["triton"]},
+    entry_points={"console_scripts": ["pegasus=pegasus.cli:main"]},
+)
