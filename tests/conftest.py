@@ -18,3 +18,26 @@ needs_ext = pytest.mark.skipif(not _extension.has_cpp_ops(), reason=f"pegasus._C
 def _no_backend_env(monkeypatch):
     # A developer's PEGASUS_BACKEND must not change what the tests check.
     monkeypatch.delenv("PEGASUS_BACKEND", raising=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    # Decoded image folders go to a per-session cache, never the user's ~/.cache/pegasus.
+    old = os.environ.get("PEGASUS_CACHE_DIR")
+    os.environ["PEGASUS_CACHE_DIR"] = str(tmp_path_factory.mktemp("pegasus-cache"))
+    yield
+    if old is None:
+        os.environ.pop("PEGASUS_CACHE_DIR", None)
+    else:
+        os.environ["PEGASUS_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A 16x16 PNG image folder (train/ and test/, 10 classes) in the real on-disk layout."""
+    from pegasus.data.synthetic import write_image_folder
+
+    return write_image_folder(tmp_path_factory.mktemp("tiny"), n_per_class=8, size=16)
+
+
+TINY_MODEL = {"codes": 32, "dim": 8, "hidden": 16, "res_hidden": 8}

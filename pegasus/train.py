@@ -1,0 +1,282 @@
+"""VQ-VAE training: resumable, checkpointed, with metrics, reconstructions and loss curves.
+
+A run directory holds:
+  config.json            model, data and training settings (written first; --resume reads it)
+  checkpoint.safetensors model + optimizer + step + RNG, rewritten atomically every N steps
+  metrics.jsonl          one JSON record per logged step
+  vqvae.safetensors      final weights (parameters and EMA buffers)
+  eval.json              test-split MSE on [0, 1] pixels, perplexity, codes in use
+  reconstructions.png    test originals (odd rows) over their reconstructions (even rows)
+  loss_curves.png        loss, reconstruction MSE and perplexity against step
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from pegasus.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
+from pegasus.data import ImageDataset, load_dataset
+from pegasus.images import save_grid, save_loss_curves
+from pegasus.models.quantizer import code_perplexity
+from pegasus.models.vqvae import VQVAE, VQVAEConfig
+
+CONFIG, CHECKPOINT, METRICS, WEIGHTS, EVAL = (
+    "config.json",
+    "checkpoint.safetensors",
+    "metrics.jsonl",
+    "vqvae.safetensors",
+    "eval.json",
+)
+
+
+class TrainingError(RuntimeError):
+    """Training stopped: a non-finite loss, or a run directory that does not fit the request."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name != "seed" and not v > 0:
+                raise ValueError(f"{f.name.replace('_', '-')} should be > 0, got {v}")
+
+
+def images_to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
+    """uint8 array [B, H, W, 3] -> float Tensor[B, 3, H, W] in [0, 1]."""
+    t = torch.from_numpy(np.array(images)).to(device)  # a writable copy (the data may be a read-only memmap)
+    return t.permute(0, 3, 1, 2).float().div_(255)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Indices of the images of training step `step`: shuffled epochs, a function of (seed, step)
+    alone, so that a resumed run sees exactly the batches an uninterrupted one would."""
+    start = step * batch_size
+    out = np.empty(batch_size, dtype=np.int64)
+    filled = 0
+    while filled < batch_size:
+        epoch, pos = divmod(start + filled, n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        take = min(batch_size - filled, n - pos)
+        out[filled : filled + take] = perm[pos : pos + take]
+        filled += take
+    return out
+
+
+def data_variance(images: np.ndarray, limit: int = 10000) -> float:
+    """Pixel variance on the [0, 1] scale of the first `limit` images (zalando scales MSE by it)."""
+    return float((images[:limit].astype(np.float64) / 255).var())
+
+
+def _loss(model: VQVAE, x: Tensor, variance: float) -> dict[str, Tensor]:
+    out = model(x)
+    mse = torch.nn.functional.mse_loss(out.recon, x)
+    return {
+        "loss": mse / variance + out.vq_loss,
+        "mse": mse,
+        "vq_loss": out.vq_loss,
+        "perplexity": out.perplexity,
+        "usage": out.usage,
+    }
+
+
+@torch.no_grad()
+def evaluate(model: VQVAE, images: np.ndarray, device: torch.device, batch_size: int = 500) -> dict[str, float]:
+    """Test-split reconstruction MSE on [0, 1] pixels, perplexity and share of codes in use."""
+    model.eval()
+    counts = torch.zeros(model.cfg.codes, dtype=torch.int64, device=device)
+    sq_err, n_pix = 0.0, 0
+    for i in range(0, len(images), batch_size):
+        x = images_to_tensor(images[i : i + batch_size], device)
+        idx = model.quantize(model.encode(x))
+        recon = model.decode_indices(idx)
+        sq_err += float(((recon - x) ** 2).sum())
+        n_pix += x.numel()
+        counts += torch.bincount(idx.flatten(), minlength=model.cfg.codes)
+    return {
+        "test_mse": sq_err / n_pix,
+        "test_perplexity": float(code_perplexity(counts)),
+        "codes_in_use": int((counts > 0).sum()),
+        "codes": model.cfg.codes,
+        "test_images": len(images),
+    }
+
+
+@torch.no_grad()
+def save_reconstructions(model: VQVAE, images: np.ndarray, path: Path, ncol: int = 8) -> Path:
+    """PNG of images (uint8 [N, H, W, 3]) in rows of `ncol`, each row followed by its reconstructions."""
+    model.eval()
+    device = next(model.parameters()).device
+    ncol = min(ncol, len(images))
+    x = images_to_tensor(images[: len(images) // ncol * ncol], device)
+    recon = model.decode_indices(model.quantize(model.encode(x)))
+    rows = torch.stack([x.view(-1, ncol, *x.shape[1:]), recon.view(-1, ncol, *x.shape[1:])], 1)
+    return save_grid(rows.flatten(0, 2), path, nrow=ncol, scale=max(1, 96 // x.shape[-1]))
+
+
+def _read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash
+            continue
+        if r.get("step", 0) <= upto_step:
+            records.append(r)
+    return records
+
+
+def _dataset_info(ds: ImageDataset) -> dict[str, Any]:
+    return {"path": ds.source, "format": ds.format, "image_size": list(ds.image_size), "classes": ds.classes}
+
+
+def train_vqvae(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    model_cfg: VQVAEConfig | dict[str, Any] | None = None,
+    train_cfg: TrainConfig | dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+    backend: str | None = None,
+    progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Train a VQ-VAE on the train split of `data`, writing the run directory `out`.
+
+    `model_cfg` / `train_cfg` are configs, or dicts of the fields to change from the defaults.
+    With `resume=True` the run continues from `out/checkpoint.safetensors` with the settings saved
+    in `out/config.json`; the given fields must agree with them, except `steps` (to train longer).
+    Returns the evaluation summary (also written to eval.json).
+    """
+    out = Path(out)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for, but torch sees no CUDA device")
+    ckpt_path, cfg_path = out / CHECKPOINT, out / CONFIG
+
+    model_over = model_cfg.to_dict() if isinstance(model_cfg, VQVAEConfig) else dict(model_cfg or {})
+    train_over = dict(train_cfg.__dict__) if isinstance(train_cfg, TrainConfig) else dict(train_cfg or {})
+    if resume:
+        if not ckpt_path.exists() or not cfg_path.exists():
+            raise TrainingError(f"--resume: {out} holds no {CHECKPOINT} and {CONFIG} to resume from")
+        saved = json.loads(cfg_path.read_text())
+        saved_model, saved_train = saved["vqvae"], saved["train"]
+        clash = {k: (saved_model[k], v) for k, v in model_over.items() if saved_model.get(k) != v}
+        clash.update({k: (saved_train[k], v) for k, v in train_over.items() if k != "steps" and saved_train.get(k) != v})
+        if clash:
+            raise TrainingError(
+                f"--resume can only change --steps; these differ from {cfg_path} (saved, asked): {clash}"
+            )
+        model_cfg = VQVAEConfig(**saved_model)
+        train_cfg = TrainConfig(**{**saved_train, **train_over})
+    else:
+        if ckpt_path.exists():
+            raise TrainingError(
+                f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it or choose another --out"
+            )
+        model_cfg = VQVAEConfig(**model_over)
+        train_cfg = TrainConfig(**train_over)
+
+    train_ds = load_dataset(data, "train", cache_dir=cache_dir)
+    test_ds = load_dataset(data, "test", cache_dir=cache_dir)
+    h, w = train_ds.image_size
+    if h % model_cfg.downsample or w % model_cfg.downsample:
+        raise TrainingError(f"{data}: images are {h}x{w}, not multiples of the downsampling factor {model_cfg.downsample}")
+    config = {"vqvae": model_cfg.to_dict(), "train": train_cfg.__dict__, "data": _dataset_info(train_ds)}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cfg_path, json.dumps(config, indent=2))
+
+    torch.manual_seed(train_cfg.seed)
+    model = VQVAE(model_cfg, backend=backend).to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=train_cfg.lr)
+    step = 0
+    if resume:
+        step, _ = load_checkpoint(ckpt_path, model, optimizer, map_location=device)
+    variance = data_variance(train_ds.images)
+
+    metrics_path = out / METRICS
+    records = _read_metrics(metrics_path, step)
+    # Drop records logged after the checkpoint we resume from: those steps are trained again.
+    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+
+    model.train()
+    bar = tqdm(total=train_cfg.steps, initial=step, desc="train-vqvae", unit="step", disable=not progress, dynamic_ncols=True)
+    last_ckpt = step if resume else None
+    with metrics_path.open("a") as metrics_file:
+        while step < train_cfg.steps:
+            t0 = time.perf_counter()
+            idx = np.sort(batch_indices(len(train_ds), train_cfg.batch_size, step, train_cfg.seed))
+            x = images_to_tensor(train_ds.images[idx], device)
+            parts = _loss(model, x, variance)
+            if not torch.isfinite(parts["loss"]):
+                where = f"{ckpt_path} (step {last_ckpt})" if last_ckpt is not None else "none was written yet"
+                raise TrainingError(
+                    f"loss became {float(parts['loss'].detach())} at step {step + 1}; training stopped. Last good checkpoint: {where}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            optimizer.step()
+            step += 1
+            rate = len(idx) / (time.perf_counter() - t0)
+            bar.update(1)
+            if step % train_cfg.log_every == 0 or step == train_cfg.steps:
+                rec = {"step": step, **{k: float(v.detach()) for k, v in parts.items()}, "images_per_s": rate}
+                metrics_file.write(json.dumps(rec) + "\n")
+                metrics_file.flush()
+                records.append(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", mse=f"{rec['mse']:.4f}", ppl=f"{rec['perplexity']:.0f}", img_s=f"{rate:.0f}")
+            if step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
+                save_checkpoint(ckpt_path, model, optimizer, step)
+                last_ckpt = step
+    bar.close()
+
+    save_weights(out / WEIGHTS, model, metadata={"config": json.dumps(model_cfg.to_dict())})
+    summary = evaluate(model, test_ds.images, device)
+    summary["steps"] = step
+    atomic_write_text(out / EVAL, json.dumps(summary, indent=2))
+    save_reconstructions(model, test_ds.images[:32], out / "reconstructions.png")
+    if records:
+        save_loss_curves(
+            records,
+            out / "loss_curves.png",
+            {"loss": "loss (MSE/var + commitment)", "mse": "reconstruction MSE", "perplexity": "code perplexity"},
+        )
+    return summary
+
+
+def load_vqvae(run_dir: str | os.PathLike, device: str | torch.device = "cpu", backend: str | None = None) -> VQVAE:
+    """The trained VQ-VAE of a run directory, in eval mode."""
+    from pegasus.checkpoint import load_weights
+
+    run_dir = Path(run_dir)
+    try:
+        cfg = VQVAEConfig(**json.loads((run_dir / CONFIG).read_text())["vqvae"])
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{run_dir / CONFIG}: cannot read the VQ-VAE config ({e})") from e
+    model = VQVAE(cfg, backend=backend)
+    load_weights(run_dir / WEIGHTS, model)
+    return model.to(device).eval()
