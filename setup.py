@@ -43,6 +43,11 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"], "triton": ["triton"]},
+    extras_require={
+        # triton: CI runs the Triton kernels on CPU tensors in its interpreter (TRITON_INTERPRET=1).
+        "test": ["pytest", "triton"],
+        "triton": ["triton"],
+        "bench": ["pytest-benchmark", "faiss-cpu"],
+    },
     entry_points={"console_scripts": ["pegasus=pegasus.cli:main"]},
 )

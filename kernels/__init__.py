@@ -1,9 +1,11 @@
 """Triton kernels of pegasus, installed as `pegasus.kernels`.
 
-Each kernel module attaches a CUDA implementation to an existing `pegasus::<op>` with
-`torch.library`. None is written yet: the nearest-code and masked-convolution kernels come with
-their issues, and until then `backend="triton"` raises (see `pegasus.backend`).
+Each kernel module (`pegasus.kernels.<op>`) holds the `@triton.jit` kernel, its launcher and, on
+import, the registration of the launcher as the CUDA kernel of `pegasus::<op>` through
+`torch.library.register_kernel` (the schema comes from C++). `pegasus.ops` imports the module when
+the "triton" backend is chosen, so `import pegasus` does not import Triton. On CPU tensors the
+launchers run only under TRITON_INTERPRET=1 (see `pegasus.backend`).
 """
 
-KERNELS: tuple[str, ...] = ()
+KERNELS: tuple[str, ...] = ("nearest_code",)
 """Names of the `pegasus::` ops that have a Triton kernel in this build."""

@@ -60,9 +60,18 @@ def nearest_code(z: Tensor, codebook: Tensor, backend: str | None = None) -> tup
     z: Tensor[N, D], codebook: Tensor[K, D] (same floating dtype and device)
     -> (indices: Tensor[N] int64, min_sq_dist: Tensor[N] of z's dtype).
     Not differentiable: quantisers use the indices and look the codes up themselves.
-    backend: None | "reference" | "cpu" | "triton" (see `pegasus.backend.resolve_backend`).
+    backend: None | "reference" | "cpu" | "triton" (see `pegasus.backend.resolve_backend`); all
+    centre both inputs on the codebook mean, so float32 stays exact under a large shared offset.
     """
     _check_nearest_code_inputs(z, codebook)
-    if resolve_backend(backend, z.device, "nearest_code") == "reference":
+    name = resolve_backend(backend, z.device, "nearest_code")
+    if name == "reference":
         return reference.nearest_code(z, codebook)
+    if name == "triton":
+        from pegasus.kernels import nearest_code as triton_kernel  # registers the CUDA kernel
+
+        if z.device.type == "cpu":
+            # Only under TRITON_INTERPRET=1 (resolve_backend checked): the dispatcher would send
+            # CPU tensors to the C++ kernel, so the Triton launcher is called directly.
+            return triton_kernel.nearest_code(z, codebook)
     return torch.ops.pegasus.nearest_code(z, codebook)

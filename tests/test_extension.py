@@ -1,4 +1,5 @@
 """The compiled extension and the backend choice."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -36,9 +37,10 @@ def test_environment_variable_overrides_default(monkeypatch):
     assert resolve_backend("reference", CPU, "nearest_code") == "reference"
 
 
-def test_unknown_and_unavailable_backends():
+def test_unknown_and_unavailable_backends(monkeypatch):
     with pytest.raises(ValueError, match="backend should be one of .* got 'cuda'"):
         resolve_backend("cuda", CPU, "nearest_code")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="backend 'triton' unavailable: "):
         resolve_backend("triton", CPU, "nearest_code")
     if _extension.has_cpp_ops():
@@ -62,3 +64,13 @@ def test_import_without_extension_uses_reference():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "backend 'cpu' unavailable: the C++ extension pegasus._C did not load" in out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None or not _extension.has_cpp_ops(), reason="needs triton and pegasus._C")
+def test_triton_on_cpu_tensors_only_under_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1; got tensors on cpu"):
+        resolve_backend("triton", CPU, "nearest_code")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_backend("triton", CPU, "nearest_code") == "triton"
+    assert resolve_backend(None, CPU, "nearest_code") != "triton"  # never the default on CPU
