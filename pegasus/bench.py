@@ -121,7 +121,9 @@ def _median_s(fn: Callable[[], object], device: str, min_run_time: float) -> flo
         return do_bench(fn, quantiles=[0.5]) / 1e3
     from torch.utils.benchmark import Timer
 
-    return Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+    # Timer defaults to one thread; measure with the threads the process has, as users run it.
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 def _measure_here(provider: str, shape: tuple[int, int, int], device: str, min_run_time: float) -> dict:
