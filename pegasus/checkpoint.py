@@ -61,6 +61,11 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, meta
 
 
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, string metadata) of a safetensors file; CheckpointError if missing or corrupt."""
+    return _read_safetensors(Path(path))
+
+
 def save_weights(path: str | os.PathLike, module: nn.Module, metadata: dict[str, str] | None = None) -> None:
     """Save a module's state_dict (parameters and buffers) as safetensors, atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}

@@ -54,6 +54,31 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shape(text: str) -> tuple[int, int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected NxKxD with positive integers, got {text!r}")
+    n, k, d = (int(p) for p in parts)
+    return n, k, d
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pegasus import bench
+
+    shapes = args.shape or (bench.QUICK_SHAPES if args.quick else bench.FULL_SHAPES)
+    records, notes = bench.run(shapes, device=args.device, min_run_time=args.min_run_time,
+                               progress=lambda line: print(line, file=sys.stderr))
+    print(f"nearest_code on {bench.device_name(args.device)}")
+    print(bench.format_table(records))
+    for note in notes:
+        print(f"note: {note}")
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(bench.to_json_lines(records))
+        print(f"wrote {len(records)} records to {args.json}")
+    return 0
+
+
 def _cmd_train_vqvae(args: argparse.Namespace) -> int:
     import torch
 
@@ -86,6 +111,91 @@ def _cmd_train_vqvae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_select(args: argparse.Namespace) -> int:
+    from pegasus.data import load_dataset
+    from pegasus.select import read_ids, select_white, write_selection
+
+    ds = load_dataset(args.data, args.split)
+    picks = select_white(
+        ds,
+        birds=args.birds,
+        horses=args.horses,
+        bird_ids=read_ids(args.bird_ids) if args.bird_ids else None,
+        horse_ids=read_ids(args.horse_ids) if args.horse_ids else None,
+    )
+    write_selection(args.run, ds, args.split, picks)
+    for sel in picks:
+        print(f"{sel.name}s: {len(sel.ids)} picks, whiteness {min(sel.scores):.3f} .. {max(sel.scores):.3f}")
+    print(f"wrote {args.run}/: selection.json selection.png")
+    return 0
+
+
+def _cmd_interpolate(args: argparse.Namespace) -> int:
+    from pegasus.interpolate import DEFAULT_ALPHAS, interpolate
+
+    summary = interpolate(args.run, pairs=args.pairs, alphas=args.alphas or DEFAULT_ALPHAS, seed=args.seed)
+    print(json.dumps(summary))
+    print(f"wrote {args.run}/: latents.safetensors interpolation.png")
+    return 0
+
+
+def _cmd_train_prior(args: argparse.Namespace) -> int:
+    import torch
+
+    from pegasus.prior import train_prior
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    prior = {"channels": args.channels, "layers": args.layers, "kernel": args.kernel}
+    if args.unconditional:
+        prior["conditional"] = False
+    train = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "checkpoint_every": args.checkpoint_every,
+        "held_out": args.held_out,
+    }
+    summary = train_prior(
+        args.run,
+        prior_cfg={k: v for k, v in prior.items() if v is not None},
+        train_cfg={k: v for k, v in train.items() if v is not None},
+        device=device,
+        resume=args.resume,
+    )
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.run}/: prior.safetensors prior_config.json prior_eval.json prior_metrics.jsonl prior_loss_curves.png")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pegasus.run import sample_to_png
+
+    out = args.out or str(Path(args.run) / "pegasi.png")
+    summary = sample_to_png(
+        args.run, out, n=args.n, alpha=args.alpha, temperature=args.temperature, top_k=args.top_k,
+        seed=args.seed, backend=args.backend, best_of=args.best_of,
+    )
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    import time
+
+    from pegasus.pipeline import run_pipeline
+
+    t0 = time.perf_counter()
+    done = run_pipeline(args.data, args.out, quick=args.quick, log=lambda m: print(f"pipeline: {m}", file=sys.stderr))
+    print(json.dumps({**done, "wall_s": round(time.perf_counter() - t0, 1)}))
+    print(f"wrote {args.out}/pegasi.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
@@ -102,6 +212,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", parents=[common], help="versions, the C++ extension, Triton and the default backend")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="benchmark an op's backends against the reference (and FAISS)",
+        description="Time every available backend of the op (each in a fresh process, which also gives "
+        "its peak extra memory), print a table and optionally write one JSON record per (shape, backend).",
+    )
+    p.add_argument("op", choices=["nearest-code"], help="the op to benchmark")
+    p.add_argument("--json", metavar="FILE", help="write the records here, one JSON object per line")
+    p.add_argument("--quick", action="store_true", help="N=4096 and 36864 at K=512 only (default: N in 4096, 36864, 262144; K in 512, 1024)")
+    p.add_argument("--shape", type=_shape, action="append", metavar="NxKxD", help="benchmark this shape instead (repeatable)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
+    p.add_argument("--min-run-time", type=_positive_float, default=1.0, metavar="S", help="seconds of timing per measurement (default 1)")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser(
         "train-vqvae",
@@ -125,6 +250,86 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["reference", "cpu", "triton"], help="nearest-code backend (default: best available)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
     p.set_defaults(func=_cmd_train_vqvae)
+
+    p = sub.add_parser(
+        "select",
+        parents=[common],
+        help="pick the whitest birds and horses; write selection.json and a contact sheet",
+        description="Score every bird and horse image of a split for whiteness (bright, unsaturated pixels in "
+        "the centre minus those on the border; see pegasus.select) and keep the top ones, or the ids listed in "
+        "files. Writes RUN_DIR/selection.json and RUN_DIR/selection.png.",
+    )
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory to write into")
+    p.add_argument("--data", required=True, help="data set path (see `pegasus data`)")
+    p.add_argument("--split", choices=["train", "test"], default="train", help="split to pick from (default train)")
+    p.add_argument("--birds", type=_positive_int, help="number of birds to keep (default 24)")
+    p.add_argument("--horses", type=_positive_int, help="number of horses to keep (default 32)")
+    p.add_argument("--bird-ids", metavar="FILE", help="use these bird ids (integers, whitespace/comma separated) instead")
+    p.add_argument("--horse-ids", metavar="FILE", help="use these horse ids instead")
+    p.set_defaults(func=_cmd_select)
+
+    p = sub.add_parser(
+        "interpolate",
+        parents=[common],
+        help="interpolate the encodings of bird/horse pairs and quantise them",
+        description="For each bird/horse pair of RUN_DIR/selection.json and each alpha, quantise "
+        "(1 - alpha) z_bird + alpha z_horse. Writes RUN_DIR/latents.safetensors and RUN_DIR/interpolation.png.",
+    )
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory with vqvae.safetensors and selection.json")
+    p.add_argument("--pairs", type=_positive_int, help="a seeded random sample of this many pairs (default: all pairs)")
+    p.add_argument("--alphas", type=float, nargs="+", help="interpolation weights in [0, 1] (default 0 0.1 ... 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pair sample (default 0)")
+    p.set_defaults(func=_cmd_interpolate)
+
+    p = sub.add_parser(
+        "train-prior",
+        parents=[common],
+        help="train the gated PixelCNN prior on the interpolated latent grids",
+        description="Train pegasus.GatedPixelCNN on RUN_DIR/latents.safetensors, conditioned on alpha, with a "
+        "held-out split of the pairs. Settings not given take the defaults shown (or, with --resume, the saved ones).",
+    )
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory with latents.safetensors")
+    p.add_argument("--steps", type=_positive_int, help="total optimizer steps (default 1500)")
+    p.add_argument("--batch-size", type=_positive_int, help="grids per step (default 64)")
+    p.add_argument("--lr", type=_positive_float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--channels", type=_positive_int, help="channels of each stack (default 64)")
+    p.add_argument("--layers", type=_positive_int, help="gated layers (default 8)")
+    p.add_argument("--kernel", type=_positive_int, help="odd kernel size (default 5)")
+    p.add_argument("--unconditional", action="store_true", help="ignore alpha: an unconditional prior")
+    p.add_argument("--held-out", type=_positive_float, help="share of the pairs held out for evaluation (default 0.1)")
+    p.add_argument("--seed", type=int, help="seed of initialisation, split and batch order (default 0)")
+    p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default 250)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda when present")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/prior_checkpoint.safetensors")
+    p.set_defaults(func=_cmd_train_prior)
+
+    p = sub.add_parser(
+        "sample",
+        parents=[common],
+        help="sample pegasi from the prior and decode them to a PNG grid",
+        description="Sample code grids from RUN_DIR's prior (Gumbel-max, raster order) and decode them with its VQ-VAE.",
+    )
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory with vqvae.safetensors and prior.safetensors")
+    p.add_argument("--n", type=_positive_int, default=64, help="images to write (default 64)")
+    p.add_argument("--alpha", type=float, default=0.5, help="0 = bird, 1 = horse (default 0.5)")
+    p.add_argument("--temperature", type=_positive_float, default=1.0, help="logits are divided by it (default 1.0)")
+    p.add_argument("--top-k", type=_positive_int, help="sample among the k most likely codes only")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Gumbel noise (default 0)")
+    p.add_argument("--backend", choices=["reference", "cached", "cpu", "triton"], help="sampler (default reference, the only one so far)")
+    p.add_argument("--best-of", type=_positive_int, metavar="M", help="sample M and keep the n whitest")
+    p.add_argument("--out", help="PNG to write (default RUN_DIR/pegasi.png)")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser(
+        "pipeline",
+        parents=[common],
+        help="train-vqvae, select, interpolate, train-prior and sample in one go (resumable)",
+        description="Run every step into RUN_DIR, skipping those whose outputs exist, so a killed pipeline resumes.",
+    )
+    p.add_argument("--data", required=True, help="data set path (see `pegasus data`)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--quick", action="store_true", help="tiny settings that finish in a few minutes on a CPU")
+    p.set_defaults(func=_cmd_pipeline)
     return parser
 
 

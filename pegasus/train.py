@@ -13,23 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from pegasus.checkpoint import (
-    CheckpointError,
-    atomic_write_text,
-    load_checkpoint,
-    save_checkpoint,
-    save_weights,
-)
+from pegasus._loop import TrainConfig, TrainingError, fit, run_settings
+from pegasus.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_weights, save_weights
 from pegasus.data import ImageDataset, load_dataset
 from pegasus.images import save_grid, save_loss_curves
 from pegasus.models.quantizer import code_perplexity
@@ -44,24 +36,7 @@ CONFIG, CHECKPOINT, METRICS, WEIGHTS, EVAL = (
 )
 
 
-class TrainingError(RuntimeError):
-    """Training stopped: a non-finite loss, or a run directory that does not fit the request."""
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-3
-    seed: int = 0
-    checkpoint_every: int = 250
-    log_every: int = 10
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name != "seed" and not v > 0:
-                raise ValueError(f"{f.name.replace('_', '-')} should be > 0, got {v}")
+__all__ = ["TrainConfig", "TrainingError", "batch_indices", "evaluate", "images_to_tensor", "load_vqvae", "train_vqvae"]
 
 
 def images_to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
@@ -136,20 +111,6 @@ def save_reconstructions(model: VQVAE, images: np.ndarray, path: Path, ncol: int
     return save_grid(rows.flatten(0, 2), path, nrow=ncol, scale=max(1, 96 // x.shape[-1]))
 
 
-def _read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a crash
-            continue
-        if r.get("step", 0) <= upto_step:
-            records.append(r)
-    return records
-
-
 def _dataset_info(ds: ImageDataset) -> dict[str, Any]:
     return {"path": ds.source, "format": ds.format, "image_size": list(ds.image_size), "classes": ds.classes}
 
@@ -180,26 +141,8 @@ def train_vqvae(
 
     model_over = model_cfg.to_dict() if isinstance(model_cfg, VQVAEConfig) else dict(model_cfg or {})
     train_over = dict(train_cfg.__dict__) if isinstance(train_cfg, TrainConfig) else dict(train_cfg or {})
-    if resume:
-        if not ckpt_path.exists() or not cfg_path.exists():
-            raise TrainingError(f"--resume: {out} holds no {CHECKPOINT} and {CONFIG} to resume from")
-        saved = json.loads(cfg_path.read_text())
-        saved_model, saved_train = saved["vqvae"], saved["train"]
-        clash = {k: (saved_model[k], v) for k, v in model_over.items() if saved_model.get(k) != v}
-        clash.update({k: (saved_train[k], v) for k, v in train_over.items() if k != "steps" and saved_train.get(k) != v})
-        if clash:
-            raise TrainingError(
-                f"--resume can only change --steps; these differ from {cfg_path} (saved, asked): {clash}"
-            )
-        model_cfg = VQVAEConfig(**saved_model)
-        train_cfg = TrainConfig(**{**saved_train, **train_over})
-    else:
-        if ckpt_path.exists():
-            raise TrainingError(
-                f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it or choose another --out"
-            )
-        model_cfg = VQVAEConfig(**model_over)
-        train_cfg = TrainConfig(**train_over)
+    model_fields, train_fields = run_settings(out, CONFIG, CHECKPOINT, "vqvae", model_over, train_over, resume)
+    model_cfg, train_cfg = VQVAEConfig(**model_fields), TrainConfig(**train_fields)
 
     train_ds = load_dataset(data, "train", cache_dir=cache_dir)
     test_ds = load_dataset(data, "test", cache_dir=cache_dir)
@@ -218,41 +161,15 @@ def train_vqvae(
         step, _ = load_checkpoint(ckpt_path, model, optimizer, map_location=device)
     variance = data_variance(train_ds.images)
 
-    metrics_path = out / METRICS
-    records = _read_metrics(metrics_path, step)
-    # Drop records logged after the checkpoint we resume from: those steps are trained again.
-    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+    def step_loss(s: int) -> tuple[dict[str, Tensor], int]:
+        idx = np.sort(batch_indices(len(train_ds), train_cfg.batch_size, s, train_cfg.seed))
+        return _loss(model, images_to_tensor(train_ds.images[idx], device), variance), len(idx)
 
-    model.train()
-    bar = tqdm(total=train_cfg.steps, initial=step, desc="train-vqvae", unit="step", disable=not progress, dynamic_ncols=True)
-    last_ckpt = step if resume else None
-    with metrics_path.open("a") as metrics_file:
-        while step < train_cfg.steps:
-            t0 = time.perf_counter()
-            idx = np.sort(batch_indices(len(train_ds), train_cfg.batch_size, step, train_cfg.seed))
-            x = images_to_tensor(train_ds.images[idx], device)
-            parts = _loss(model, x, variance)
-            if not torch.isfinite(parts["loss"]):
-                where = f"{ckpt_path} (step {last_ckpt})" if last_ckpt is not None else "none was written yet"
-                raise TrainingError(
-                    f"loss became {float(parts['loss'].detach())} at step {step + 1}; training stopped. Last good checkpoint: {where}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            optimizer.step()
-            step += 1
-            rate = len(idx) / (time.perf_counter() - t0)
-            bar.update(1)
-            if step % train_cfg.log_every == 0 or step == train_cfg.steps:
-                rec = {"step": step, **{k: float(v.detach()) for k, v in parts.items()}, "images_per_s": rate}
-                metrics_file.write(json.dumps(rec) + "\n")
-                metrics_file.flush()
-                records.append(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", mse=f"{rec['mse']:.4f}", ppl=f"{rec['perplexity']:.0f}", img_s=f"{rate:.0f}")
-            if step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
-                save_checkpoint(ckpt_path, model, optimizer, step)
-                last_ckpt = step
-    bar.close()
+    records, step = fit(
+        model, optimizer, step_loss, train_cfg, ckpt_path, out / METRICS, step, resume,
+        desc="train-vqvae", unit="images", progress=progress,
+        postfix=[("loss", "loss", ".3f"), ("mse", "mse", ".4f"), ("ppl", "perplexity", ".0f"), ("img_s", "images_per_s", ".0f")],
+    )
 
     save_weights(out / WEIGHTS, model, metadata={"config": json.dumps(model_cfg.to_dict())})
     summary = evaluate(model, test_ds.images, device)
@@ -270,8 +187,6 @@ def train_vqvae(
 
 def load_vqvae(run_dir: str | os.PathLike, device: str | torch.device = "cpu", backend: str | None = None) -> VQVAE:
     """The trained VQ-VAE of a run directory, in eval mode."""
-    from pegasus.checkpoint import load_weights
-
     run_dir = Path(run_dir)
     try:
         cfg = VQVAEConfig(**json.loads((run_dir / CONFIG).read_text())["vqvae"])

@@ -41,3 +41,23 @@ def tiny_folder(tmp_path_factory):
 
 
 TINY_MODEL = {"codes": 32, "dim": 8, "hidden": 16, "res_hidden": 8}
+
+
+# Pipeline settings small enough for tests: 16x16 images -> 4x4 code grids.
+TINY_PIPELINE = {
+    "vqvae": TINY_MODEL,
+    "vqvae_train": {"steps": 20, "batch_size": 16},
+    "prior": {"channels": 8, "layers": 2, "kernel": 3},
+    "prior_train": {"steps": 20, "batch_size": 16, "checkpoint_every": 10},
+    "samples": 4,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_folder, tmp_path_factory):
+    """A run directory with every pipeline step done on `tiny_folder` (copy it before changing it)."""
+    from pegasus.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    run_pipeline(tiny_folder, out, settings=TINY_PIPELINE, progress=False)
+    return out

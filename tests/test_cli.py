@@ -1,14 +1,16 @@
 """The `pegasus` command line: help, one-line errors, and the commands on tiny real-format data."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from pegasus.cli import build_parser, main
 
-COMMANDS = ["data", "info", "train-vqvae"]
+COMMANDS = ["data", "info", "train-vqvae", "select", "interpolate", "train-prior", "sample", "pipeline", "bench"]
 
 
 @pytest.mark.parametrize("argv", [["--help"]] + [[c, "--help"] for c in COMMANDS])
@@ -73,3 +75,81 @@ def test_train_vqvae_console_script(tiny_folder, tmp_path):
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1].startswith("pegasus: error: ") and "already holds a run" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def _one_line_error(capsys, text):
+    err = capsys.readouterr().err
+    assert err.startswith("pegasus: error: ") and text in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_select_interpolate_train_prior_sample(tiny_folder, tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("selection*", "latents*", "interp*", "prior*", "pegasi*"))
+    assert main(["select", "--run", str(run), "--data", str(tiny_folder), "--birds", "3", "--horses", "4"]) == 0
+    assert "birds: 3 picks" in capsys.readouterr().out
+    (tmp_path / "birds.txt").write_text("99999\n")
+    assert main(["select", "--run", str(run), "--data", str(tiny_folder), "--bird-ids", str(tmp_path / "birds.txt")]) == 1
+    _one_line_error(capsys, "bird ids [99999] are out of range")
+    assert len(json.loads((run / "selection.json").read_text())["horses"]["ids"]) == 4  # left as it was
+
+    assert main(["interpolate", "--run", str(run), "--pairs", "6", "--alphas", "0", "0.5", "1"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["grids"] == 18
+
+    prior = ["--channels", "8", "--layers", "2", "--kernel", "3", "--batch-size", "8", "--device", "cpu"]
+    assert main(["train-prior", "--run", str(run), "--steps", "3", *prior]) == 0
+    assert main(["train-prior", "--run", str(run), "--steps", "5", "--resume"]) == 0
+    assert json.loads((run / "prior_eval.json").read_text())["steps"] == 5
+    capsys.readouterr()
+
+    png = tmp_path / "pegasi.png"
+    assert main(["sample", "--run", str(run), "--n", "4", "--best-of", "6", "--top-k", "5", "--alpha", "0.7",
+                 "--temperature", "0.8", "--seed", "3", "--backend", "reference", "--out", str(png)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["samples"] == 6 and summary["kept"] == 4 and summary["seconds_per_step"] > 0
+    assert Image.open(png).size[0] > 4 * 16
+
+    for argv, text in [
+        (["--alpha", "1.5"], "alpha should be in [0, 1], got 1.5"),
+        (["--backend", "cached"], "sampler backend 'cached' is not implemented yet"),
+        (["--n", "4", "--best-of", "2"], "best-of should be >= n (4), got 2"),
+    ]:
+        assert main(["sample", "--run", str(run), *argv]) == 1
+        _one_line_error(capsys, text)
+    assert main(["sample", "--run", str(tmp_path / "empty")]) == 1
+    _one_line_error(capsys, "config.json is missing: run `pegasus train-vqvae")
+
+
+def test_pipeline_quick(tiny_folder, tmp_path, monkeypatch, capsys):
+    from pegasus import pipeline
+
+    from .conftest import TINY_PIPELINE
+
+    monkeypatch.setattr(pipeline, "QUICK", TINY_PIPELINE)  # the real --quick is sized for CIFAR-10
+    out = tmp_path / "run"
+    assert main(["pipeline", "--data", str(tiny_folder), "--out", str(out), "--quick"]) == 0
+    done = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert done["train-prior"] == "ran" and done["wall_s"] > 0
+    assert Image.open(out / "pegasi.png").size[0] > 0
+    assert main(["pipeline", "--data", str(tiny_folder), "--out", str(out), "--quick"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.splitlines()[0])["sample"] == "skipped"
+    assert "pipeline: train-vqvae: skipped" in captured.err
+
+
+def test_bench_nearest_code_writes_records(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    assert main(["bench", "nearest-code", "--shape", "64x8x4", "--min-run-time", "0.01", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| N | K | D | backend | median ms |" in table and "| 64 | 8 | 4 | reference |" in table
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    keys = {"op", "n", "k", "d", "backend", "device", "median_s", "peak_bytes", "speedup_vs_reference", "memory_ratio_vs_reference"}
+    assert records and all(set(r) == keys for r in records)
+    assert records[0]["backend"] == "reference" and records[0]["speedup_vs_reference"] == 1.0
+    assert all(r["op"] == "nearest_code" and r["median_s"] > 0 and r["peak_bytes"] >= 0 for r in records)
+
+
+def test_bench_rejects_a_bad_shape(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "nearest-code", "--shape", "64x8"])
+    assert "expected NxKxD with positive integers, got '64x8'" in capsys.readouterr().err

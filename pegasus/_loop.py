@@ -1,0 +1,139 @@
+"""The training machinery the VQ-VAE and the prior share: run-directory settings with --resume
+rules, and a loop with a tqdm bar, metrics.jsonl, atomic checkpoints and a stop on a non-finite loss.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pegasus.checkpoint import atomic_write_text, save_checkpoint
+
+
+class TrainingError(RuntimeError):
+    """Training stopped: a non-finite loss, or a run directory that does not fit the request."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name != "seed" and not v > 0:
+                raise ValueError(f"{f.name.replace('_', '-')} should be > 0, got {v}")
+
+
+def run_settings(
+    out: Path,
+    config_name: str,
+    checkpoint_name: str,
+    model_key: str,
+    model_over: dict[str, Any],
+    train_over: dict[str, Any],
+    resume: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model fields, train fields) to build a run's configs from.
+
+    Fresh run: the fields asked for; `out` must not hold `checkpoint_name` yet. Resume: the fields
+    saved under `model_key` and "train" in `out/config_name`; the asked ones must agree with them,
+    except `steps` (to train longer), which wins.
+    """
+    ckpt_path, cfg_path = out / checkpoint_name, out / config_name
+    if not resume:
+        if ckpt_path.exists():
+            raise TrainingError(
+                f"{out} already holds a run ({checkpoint_name}); pass --resume to continue it or choose another --out"
+            )
+        return model_over, train_over
+    if not ckpt_path.exists() or not cfg_path.exists():
+        raise TrainingError(f"--resume: {out} holds no {checkpoint_name} and {config_name} to resume from")
+    saved = json.loads(cfg_path.read_text())
+    saved_model, saved_train = saved[model_key], saved["train"]
+    clash = {k: (saved_model[k], v) for k, v in model_over.items() if saved_model.get(k) != v}
+    clash.update({k: (saved_train[k], v) for k, v in train_over.items() if k != "steps" and saved_train.get(k) != v})
+    if clash:
+        raise TrainingError(f"--resume can only change --steps; these differ from {cfg_path} (saved, asked): {clash}")
+    return saved_model, {**saved_train, **train_over}
+
+
+def read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl up to `upto_step` (a line cut by a crash is skipped)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if r.get("step", 0) <= upto_step:
+            records.append(r)
+    return records
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step_loss: Callable[[int], tuple[dict[str, Tensor], int]],
+    cfg: TrainConfig,
+    checkpoint_path: Path,
+    metrics_path: Path,
+    step: int,
+    resumed: bool,
+    desc: str,
+    unit: str,
+    postfix: list[tuple[str, str, str]],
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], int]:
+    """Train from `step` to `cfg.steps`; returns (every metrics record up to the end, final step).
+
+    step_loss(step) -> ({"loss": scalar to minimise, other scalars to log}, items in the batch).
+    Records (step, the logged scalars, f"{unit}_per_s") go to metrics_path every cfg.log_every
+    steps; those after `step` (from a run that crashed past its last checkpoint) are dropped, as
+    those steps are trained again. postfix: (label, record key, format) shown on the bar.
+    """
+    records = read_metrics(metrics_path, step)
+    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    last_ckpt = step if resumed else None
+    with metrics_path.open("a") as metrics_file:
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            parts, items = step_loss(step)
+            if not torch.isfinite(parts["loss"]):
+                where = f"{checkpoint_path} (step {last_ckpt})" if last_ckpt is not None else "none was written yet"
+                raise TrainingError(
+                    f"loss became {float(parts['loss'].detach())} at step {step + 1}; training stopped. Last good checkpoint: {where}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            optimizer.step()
+            step += 1
+            rate = items / (time.perf_counter() - t0)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                rec = {"step": step, **{k: float(v.detach()) for k, v in parts.items()}, f"{unit}_per_s": rate}
+                metrics_file.write(json.dumps(rec) + "\n")
+                metrics_file.flush()
+                records.append(rec)
+                bar.set_postfix(**{label: f"{rec[key]:{fmt}}" for label, key, fmt in postfix})
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_checkpoint(checkpoint_path, model, optimizer, step)
+                last_ckpt = step
+    bar.close()
+    return records, step

@@ -1,0 +1,180 @@
+"""Gated PixelCNN prior over VQ-VAE code grids (van den Oord et al. 2016, Conditional Image
+Generation with PixelCNN Decoders), conditioned on the interpolation weight alpha.
+
+Layout of one `GatedLayer` (C channels, kernel k, h = k // 2):
+
+    vertical stack    v' = gate(Vconv(v) + cond)           Vconv: (h+1) x k rows i-h..i, cols j-h..j+h
+    horizontal stack  u  = gate(Hconv(x) + V2H(Vconv(v)) + cond)
+                      x' = x + Out(u)  (no residual on the first layer)   Hconv: 1 x (h+1) cols j-h..j
+    skip              s  = Skip(u)
+    gate(a)           = tanh(a[:C]) * sigmoid(a[C:])
+
+Causality, with no blind spot: on the first layer (mask A) the last kernel row of Vconv and the
+last kernel column of Hconv are zeroed, so the vertical stack at row i sees only rows < i and the
+horizontal stack at (i, j) only columns < j of row i. Later layers (mask B) keep the current row /
+column, which now only carries information from strictly earlier positions. After L layers the
+logits at (i, j) depend on exactly rows i - L*h .. i - 1, columns j - L*h .. j + L*h, and on row i,
+columns j - L*h .. j - 1 (tests/test_pixelcnn.py checks this by gradients).
+
+The vertical stack of row i depends only on rows above it, and the horizontal stack of (i, j) on
+the vertical stack of row i and the horizontal stack left of j: the split a cached sampler needs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class PixelCNNConfig:
+    """Everything needed to rebuild a GatedPixelCNN; saved as JSON next to the weights.
+
+    grid: the (height, width) of the code grids it was trained on, which sampling uses.
+    conditional: whether alpha enters the gates (False: an unconditional prior).
+    """
+
+    codes: int = 512
+    channels: int = 64
+    layers: int = 8
+    kernel: int = 5
+    cond_dim: int = 32
+    conditional: bool = True
+    grid: tuple[int, int] = (8, 8)
+
+    def __post_init__(self) -> None:
+        self.grid = tuple(int(g) for g in self.grid)
+        for name in ("codes", "channels", "layers", "cond_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} should be >= 1, got {getattr(self, name)}")
+        if self.kernel < 3 or self.kernel % 2 == 0:
+            raise ValueError(f"kernel should be odd and >= 3, got {self.kernel}")
+        if len(self.grid) != 2 or min(self.grid) < 1:
+            raise ValueError(f"grid should be (height, width) >= 1, got {self.grid}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["grid"] = list(self.grid)
+        return d
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A convolution whose weight is multiplied by a fixed 0/1 mask, and which pads only on the
+    top and left (and right, for the vertical stack) so that its output at (i, j) sits at the
+    bottom-right (vertical: bottom-centre) of its kernel.
+
+    kind "vertical": kernel (h+1, k), sees rows i-h..i and columns j-h..j+h.
+    kind "horizontal": kernel (1, h+1), sees row i, columns j-h..j.
+    mask "A" zeroes the kernel's last row (vertical) or last column (horizontal): the current
+    row / position is excluded; mask "B" keeps the whole kernel.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, kind: str, mask: str) -> None:
+        h = kernel // 2
+        if kind not in ("vertical", "horizontal") or mask not in ("A", "B"):
+            raise ValueError(f"kind should be vertical|horizontal and mask A|B, got {kind!r}, {mask!r}")
+        size = (h + 1, kernel) if kind == "vertical" else (1, h + 1)
+        super().__init__(in_channels, out_channels, size)
+        self.kind, self.mask_type = kind, mask
+        # (left, right, top, bottom) for F.pad
+        self.pad = (h, h, h, 0) if kind == "vertical" else (h, 0, 0, 0)
+        m = torch.ones(size)
+        if mask == "A":
+            if kind == "vertical":
+                m[-1] = 0
+            else:
+                m[:, -1] = 0
+        self.register_buffer("mask", m, persistent=False)
+
+    def masked_weight(self) -> Tensor:
+        """The weight the convolution uses: Tensor[out, in, kh, kw], masked entries zero."""
+        return self.weight * self.mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(F.pad(x, self.pad), self.masked_weight(), self.bias)
+
+
+def gate(a: Tensor) -> Tensor:
+    """tanh(a[:, :C]) * sigmoid(a[:, C:]) for a: Tensor[B, 2C, ...] -> Tensor[B, C, ...]."""
+    f, g = a.chunk(2, dim=1)
+    return torch.tanh(f) * torch.sigmoid(g)
+
+
+class GatedLayer(nn.Module):
+    """One gated layer: (v, x) stacks Tensor[B, C, H, W] and cond Tensor[B, 2C] (or None) ->
+    (v', x', skip), each Tensor[B, C, H, W]. See the module docstring for the equations."""
+
+    def __init__(self, channels: int, kernel: int, mask: str) -> None:
+        super().__init__()
+        c = channels
+        self.vertical = MaskedConv2d(c, 2 * c, kernel, "vertical", mask)
+        self.horizontal = MaskedConv2d(c, 2 * c, kernel, "horizontal", mask)
+        self.v_to_h = nn.Conv2d(2 * c, 2 * c, 1)
+        self.out = nn.Conv2d(c, c, 1)
+        self.skip = nn.Conv2d(c, c, 1)
+        # The first layer's input at (i, j) is the code at (i, j) itself: a residual would leak it.
+        self.residual = mask == "B"
+
+    def forward(self, v: Tensor, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        v_pre = self.vertical(v)
+        h_pre = self.horizontal(x) + self.v_to_h(v_pre)
+        if cond is not None:
+            v_pre = v_pre + cond[:, :, None, None]
+            h_pre = h_pre + cond[:, :, None, None]
+        v_out, u = gate(v_pre), gate(h_pre)
+        x_out = self.out(u) + x if self.residual else self.out(u)
+        return v_out, x_out, self.skip(u)
+
+
+class GatedPixelCNN(nn.Module):
+    """Autoregressive prior over code grids in raster order.
+
+    forward(indices: Tensor[B, H, W] int64 in [0, codes), alpha: Tensor[B] float in [0, 1] or None)
+    -> logits Tensor[B, codes, H, W]; the logits at (i, j) depend only on codes before (i, j) in
+    raster order (and on alpha). alpha is required by a conditional prior and ignored by an
+    unconditional one.
+    """
+
+    def __init__(self, cfg: PixelCNNConfig | None = None, **kwargs) -> None:
+        super().__init__()
+        self.cfg = cfg if cfg is not None else PixelCNNConfig(**kwargs)
+        c = self.cfg.channels
+        self.embedding = nn.Embedding(self.cfg.codes, c)
+        if self.cfg.conditional:
+            # alpha -> a learned embedding, then per layer a linear map to the 2C gate inputs.
+            self.alpha_embedding = nn.Sequential(nn.Linear(1, self.cfg.cond_dim), nn.SiLU(), nn.Linear(self.cfg.cond_dim, self.cfg.cond_dim))
+            self.cond = nn.ModuleList(nn.Linear(self.cfg.cond_dim, 2 * c) for _ in range(self.cfg.layers))
+        self.layers = nn.ModuleList(
+            GatedLayer(c, self.cfg.kernel, "A" if i == 0 else "B") for i in range(self.cfg.layers)
+        )
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, self.cfg.codes, 1))
+
+    def embed(self, indices: Tensor) -> Tensor:
+        """Code grids Tensor[B, H, W] int64 -> Tensor[B, C, H, W]."""
+        if indices.dim() != 3 or indices.dtype != torch.int64:
+            raise ValueError(f"GatedPixelCNN expected int64 code grids [B, H, W], got {indices.dtype} {tuple(indices.shape)}")
+        return self.embedding(indices).permute(0, 3, 1, 2)
+
+    def conditioning(self, alpha: Tensor | None, batch: int) -> list[Tensor | None]:
+        """Per layer, the gate offsets Tensor[B, 2C] of alpha: Tensor[B] (None when unconditional)."""
+        if not self.cfg.conditional:
+            return [None] * self.cfg.layers
+        if alpha is None or alpha.shape != (batch,):
+            got = None if alpha is None else tuple(alpha.shape)
+            raise ValueError(f"a conditional GatedPixelCNN needs alpha of shape ({batch},), got {got}")
+        e = self.alpha_embedding(alpha.to(self.embedding.weight.dtype)[:, None])
+        return [lin(e) for lin in self.cond]
+
+    def forward_embedded(self, x: Tensor, alpha: Tensor | None = None) -> Tensor:
+        """Embedded grids Tensor[B, C, H, W] -> logits Tensor[B, codes, H, W]."""
+        conds = self.conditioning(alpha, x.shape[0])
+        v, h, skip = x, x, 0
+        for layer, cond in zip(self.layers, conds):
+            v, h, s = layer(v, h, cond)
+            skip = skip + s
+        return self.head(skip)
+
+    def forward(self, indices: Tensor, alpha: Tensor | None = None) -> Tensor:
+        return self.forward_embedded(self.embed(indices), alpha)

@@ -1,0 +1,73 @@
+"""The whole method in one call: train-vqvae, select, interpolate, train-prior, sample.
+
+A step is skipped when all its output files exist (every file is written atomically, so an
+existing file is a complete one); a training step that left a checkpoint but no final weights is
+resumed. So a killed pipeline, run again with the same arguments, picks up where it stopped.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pegasus.data import load_dataset
+from pegasus.interpolate import LATENTS, STRIPS, interpolate
+from pegasus.prior import PRIOR_CHECKPOINT, PRIOR_EVAL, PRIOR_WEIGHTS, train_prior
+from pegasus.run import sample_to_png
+from pegasus.select import CONTACT_SHEET, SELECTION, select_white, write_selection
+from pegasus.train import CHECKPOINT, EVAL, WEIGHTS, train_vqvae
+
+SAMPLES = "pegasi.png"
+
+# --quick on CIFAR-10 (cached decode), 2-core CPU otherwise idle: 43 s wall in all; the VQ-VAE
+# runs 14 steps/s (21 s, test MSE 0.0077), the prior 25 steps/s (12 s, 3.9 held-out bits/position).
+QUICK = {
+    "vqvae": {"codes": 128, "dim": 32, "hidden": 64, "res_hidden": 32},
+    "vqvae_train": {"steps": 300, "batch_size": 128, "checkpoint_every": 100},
+    "prior": {"channels": 32, "layers": 4, "kernel": 5},
+    "prior_train": {"steps": 300, "batch_size": 64, "checkpoint_every": 100},
+    "samples": 16,
+}
+FULL: dict[str, Any] = {"vqvae": {}, "vqvae_train": {}, "prior": {}, "prior_train": {}, "samples": 64}
+
+
+def run_pipeline(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    quick: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = lambda message: None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """Run every step that has not run yet into the run directory `out`; returns step -> "ran" or
+    "skipped". `settings` (same keys as QUICK) replaces the FULL or QUICK settings."""
+    out = Path(out)
+    cfg = settings if settings is not None else (QUICK if quick else FULL)
+    done: dict[str, str] = {}
+
+    def step(name: str, outputs: list[str], action: Callable[[], object]) -> None:
+        if all((out / f).is_file() for f in outputs):
+            log(f"{name}: skipped, {', '.join(outputs)} exist")
+            done[name] = "skipped"
+            return
+        log(f"{name}: running")
+        action()
+        done[name] = "ran"
+
+    step("train-vqvae", [WEIGHTS, EVAL, "reconstructions.png"], lambda: train_vqvae(
+        data, out, model_cfg=cfg["vqvae"], train_cfg=cfg["vqvae_train"], device=device,
+        resume=(out / CHECKPOINT).is_file(), progress=progress))
+
+    def select() -> None:
+        ds = load_dataset(data, "train")
+        write_selection(out, ds, "train", select_white(ds))
+
+    step("select", [SELECTION, CONTACT_SHEET], select)
+    step("interpolate", [LATENTS, STRIPS], lambda: interpolate(out, device=device))
+    step("train-prior", [PRIOR_WEIGHTS, PRIOR_EVAL], lambda: train_prior(
+        out, prior_cfg=cfg["prior"], train_cfg=cfg["prior_train"], device=device,
+        resume=(out / PRIOR_CHECKPOINT).is_file(), progress=progress))
+    step("sample", [SAMPLES], lambda: sample_to_png(out, out / SAMPLES, n=cfg["samples"], device=device))
+    return done

@@ -1,0 +1,186 @@
+"""Training the GatedPixelCNN prior on the interpolated code grids of a run directory.
+
+Reads RUN_DIR/latents.safetensors (`pegasus interpolate`) and writes
+  prior_config.json            prior, training and data settings (written first; --resume reads it)
+  prior_checkpoint.safetensors model, Adam state, step and RNG state, rewritten atomically
+  prior_metrics.jsonl          one record every log_every steps: loss (nats), bits, grids_per_s
+  prior.safetensors            final weights
+  prior_eval.json              NLL in nats and bits per position on the held-out and training grids
+  prior_loss_curves.png        training cross-entropy against step
+
+The held-out split is by pair: a seeded `held_out` share of the bird/horse pairs, every alpha of
+them, so the held-out NLL measures grids of pairs the prior never saw.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pegasus._loop import TrainConfig, TrainingError, fit, run_settings
+from pegasus.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_weights, save_weights
+from pegasus.images import save_loss_curves
+from pegasus.interpolate import read_latents
+from pegasus.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
+from pegasus.train import CONFIG, batch_indices
+
+PRIOR_CONFIG, PRIOR_CHECKPOINT, PRIOR_METRICS, PRIOR_WEIGHTS, PRIOR_EVAL, PRIOR_CURVES = (
+    "prior_config.json",
+    "prior_checkpoint.safetensors",
+    "prior_metrics.jsonl",
+    "prior.safetensors",
+    "prior_eval.json",
+    "prior_loss_curves.png",
+)
+
+
+@dataclass
+class PriorTrainConfig(TrainConfig):
+    """TrainConfig with the prior's defaults, and the share of pairs held out for evaluation."""
+
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    checkpoint_every: int = 250
+    held_out: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.held_out < 1:
+            raise ValueError(f"held-out should be in (0, 1), got {self.held_out}")
+
+
+@dataclass
+class PriorData:
+    """Grids Tensor[N, h, w] int64 with their alphas Tensor[N] float32, for train and held-out."""
+
+    train: Tensor
+    train_alpha: Tensor
+    held: Tensor
+    held_alpha: Tensor
+
+
+def split_latents(latents: dict[str, Tensor], held_out: float, seed: int) -> PriorData:
+    """Hold out round(held_out * P) pairs (at least 1), chosen by `seed`, with all their alphas."""
+    ind, alphas = latents["indices"], latents["alphas"].float()
+    p, a = ind.shape[:2]
+    if p < 2:
+        raise TrainingError(f"latents.safetensors holds {p} bird/horse pair; the prior needs >= 2 to hold one out")
+    n_held = min(p - 1, max(1, round(held_out * p)))
+    perm = torch.from_numpy(np.random.default_rng([seed, 1]).permutation(p))
+    held, train = perm[:n_held].sort().values, perm[n_held:].sort().values
+
+    def flat(rows: Tensor) -> tuple[Tensor, Tensor]:
+        return ind[rows].flatten(0, 1), alphas.repeat(len(rows))
+
+    return PriorData(*flat(train), *flat(held))
+
+
+def _cross_entropy(prior: GatedPixelCNN, grids: Tensor, alphas: Tensor) -> Tensor:
+    """Mean NLL in nats per position of grids Tensor[B, h, w] under the prior."""
+    alpha = alphas if prior.cfg.conditional else None
+    return F.cross_entropy(prior(grids, alpha), grids)
+
+
+@torch.no_grad()
+def evaluate_prior(prior: GatedPixelCNN, grids: Tensor, alphas: Tensor, batch_size: int = 256) -> dict[str, float]:
+    """NLL of grids Tensor[N, h, w] (alphas Tensor[N]): nats and bits per position."""
+    prior.eval()
+    device = next(prior.parameters()).device
+    total = 0.0
+    for i in range(0, len(grids), batch_size):
+        g, a = grids[i : i + batch_size].to(device), alphas[i : i + batch_size].to(device)
+        total += float(_cross_entropy(prior, g, a)) * len(g)
+    nats = total / len(grids)
+    return {"nll_nats": nats, "bits_per_position": nats / math.log(2)}
+
+
+def train_prior(
+    run_dir: str | os.PathLike,
+    prior_cfg: PixelCNNConfig | dict[str, Any] | None = None,
+    train_cfg: PriorTrainConfig | dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the prior of RUN_DIR on its latents.safetensors; returns the evaluation (prior_eval.json).
+
+    prior_cfg / train_cfg: configs, or dicts of the fields to change from the defaults (codes and
+    grid always come from the latents). With resume=True training continues from
+    prior_checkpoint.safetensors with the saved settings; only `steps` may change.
+    """
+    out = Path(run_dir)
+    device = torch.device(device)
+    latents = read_latents(out)
+    try:
+        codes = int(json.loads((out / CONFIG).read_text())["vqvae"]["codes"])
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{out / CONFIG}: cannot read the VQ-VAE's number of codes ({e}); run `pegasus train-vqvae --out {out}` first") from e
+    grid = list(latents["indices"].shape[-2:])
+
+    model_over = prior_cfg.to_dict() if isinstance(prior_cfg, PixelCNNConfig) else dict(prior_cfg or {})
+    train_over = dict(train_cfg.__dict__) if isinstance(train_cfg, PriorTrainConfig) else dict(train_cfg or {})
+    model_fields, train_fields = run_settings(out, PRIOR_CONFIG, PRIOR_CHECKPOINT, "prior", model_over, train_over, resume)
+    cfg = PixelCNNConfig(**{**model_fields, "codes": codes, "grid": grid})
+    tcfg = PriorTrainConfig(**train_fields)
+    data = split_latents(latents, tcfg.held_out, tcfg.seed)
+    info = {"pairs": int(latents["indices"].shape[0]), "alphas": [round(a, 6) for a in latents["alphas"].tolist()],
+            "train_grids": len(data.train), "heldout_grids": len(data.held)}
+    atomic_write_text(out / PRIOR_CONFIG, json.dumps({"prior": cfg.to_dict(), "train": tcfg.__dict__, "latents": info}, indent=2))
+
+    torch.manual_seed(tcfg.seed)
+    prior = GatedPixelCNN(cfg).to(device)
+    optimizer = torch.optim.Adam(prior.parameters(), lr=tcfg.lr)
+    step = 0
+    if resume:
+        step, _ = load_checkpoint(out / PRIOR_CHECKPOINT, prior, optimizer, map_location=device)
+
+    def step_loss(s: int) -> tuple[dict[str, Tensor], int]:
+        idx = torch.from_numpy(batch_indices(len(data.train), tcfg.batch_size, s, tcfg.seed))
+        loss = _cross_entropy(prior, data.train[idx].to(device), data.train_alpha[idx].to(device))
+        return {"loss": loss, "bits": loss.detach() / math.log(2)}, len(idx)
+
+    records, step = fit(
+        prior, optimizer, step_loss, tcfg, out / PRIOR_CHECKPOINT, out / PRIOR_METRICS, step, resume,
+        desc="train-prior", unit="grids", progress=progress,
+        postfix=[("nats", "loss", ".3f"), ("bits", "bits", ".2f"), ("grids_s", "grids_per_s", ".0f")],
+    )
+    save_weights(out / PRIOR_WEIGHTS, prior, metadata={"config": json.dumps(cfg.to_dict())})
+    held = evaluate_prior(prior, data.held, data.held_alpha)
+    train = evaluate_prior(prior, data.train, data.train_alpha)
+    summary = {
+        "heldout_nll_nats": held["nll_nats"],
+        "heldout_bits_per_position": held["bits_per_position"],
+        "train_nll_nats": train["nll_nats"],
+        "train_bits_per_position": train["bits_per_position"],
+        "uniform_bits_per_position": math.log2(codes),
+        **info,
+        "steps": step,
+    }
+    atomic_write_text(out / PRIOR_EVAL, json.dumps(summary, indent=2))
+    if records:
+        save_loss_curves(records, out / PRIOR_CURVES, {"loss": "train cross-entropy (nats / position)"})
+    return summary
+
+
+def load_prior(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> GatedPixelCNN:
+    """The trained prior of a run directory, in eval mode; a missing file names the command that makes it."""
+    run_dir = Path(run_dir)
+    for name in (PRIOR_CONFIG, PRIOR_WEIGHTS):
+        if not (run_dir / name).is_file():
+            raise CheckpointError(f"{run_dir / name} is missing: run `pegasus train-prior --run {run_dir}` first")
+    try:
+        cfg = PixelCNNConfig(**json.loads((run_dir / PRIOR_CONFIG).read_text())["prior"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{run_dir / PRIOR_CONFIG}: cannot read the prior config ({e})") from e
+    prior = GatedPixelCNN(cfg)
+    load_weights(run_dir / PRIOR_WEIGHTS, prior)
+    return prior.to(device).eval()

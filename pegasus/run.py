@@ -1,0 +1,116 @@
+"""A finished run directory as one object: its VQ-VAE, its prior, and sampling to images.
+
+>>> run = pegasus.load_run("runs/c10")
+>>> images = run.sample(64, alpha=0.5, temperature=1.0, seed=0)   # uint8 [64, 3, 32, 32]
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pegasus.images import save_grid, to_uint8
+from pegasus.interpolate import load_run_vqvae
+from pegasus.models import VQVAE
+from pegasus.models.pixelcnn import GatedPixelCNN
+from pegasus.prior import load_prior
+from pegasus.sampling import sample_indices
+from pegasus.select import whiteness
+
+
+@dataclass
+class Run:
+    """run_dir, vqvae (eval mode) and prior (eval mode) of a trained run directory."""
+
+    run_dir: Path
+    vqvae: VQVAE
+    prior: GatedPixelCNN
+
+    def sample_indices(
+        self,
+        n: int,
+        alpha: float = 0.5,
+        temperature: float = 1.0,
+        seed: int = 0,
+        top_k: int | None = None,
+        noise: Tensor | None = None,
+        backend: str | None = None,
+    ) -> Tensor:
+        """Code grids Tensor[n, h, w] int64 from the prior (see `pegasus.sample_indices`)."""
+        return sample_indices(self.prior, n, alpha, temperature, top_k=top_k, seed=seed, noise=noise, backend=backend)
+
+    @torch.no_grad()
+    def decode(self, indices: Tensor) -> Tensor:
+        """Code grids Tensor[n, h, w] -> uint8 images Tensor[n, 3, H, W]."""
+        device = next(self.vqvae.parameters()).device
+        return to_uint8(self.vqvae.decode_indices(indices.to(device))).cpu()
+
+    def sample(
+        self,
+        n: int,
+        alpha: float = 0.5,
+        temperature: float = 1.0,
+        seed: int = 0,
+        top_k: int | None = None,
+        noise: Tensor | None = None,
+        backend: str | None = None,
+    ) -> Tensor:
+        """n sampled, decoded images: uint8 Tensor[n, 3, H, W]."""
+        return self.decode(self.sample_indices(n, alpha, temperature, seed, top_k, noise, backend))
+
+
+def whitest(images: Tensor, n: int) -> Tensor:
+    """Positions of the n whitest of uint8 images Tensor[M, 3, H, W] (pegasus.select's score),
+    whitest first -> Tensor[n] int64."""
+    if not 1 <= n <= len(images):
+        raise ValueError(f"cannot keep the {n} whitest of {len(images)} images")
+    scores = whiteness(images.permute(0, 2, 3, 1).numpy())
+    return torch.from_numpy(np.argsort(-scores, kind="stable")[:n].copy())
+
+
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
+    """The VQ-VAE and the prior of RUN_DIR. A missing file raises CheckpointError naming it and
+    the command that makes it."""
+    run_dir = Path(run_dir)
+    return Run(run_dir, load_run_vqvae(run_dir, device), load_prior(run_dir, device))
+
+
+def sample_to_png(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    n: int = 64,
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    backend: str | None = None,
+    best_of: int | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Sample `best_of` (default n) images from RUN_DIR, keep the n whitest, write them to `out` as
+    a PNG grid of 8 per row. Returns what was done and the time per sampling step (one position of
+    the whole batch)."""
+    if best_of is not None and best_of < n:
+        raise ValueError(f"best-of should be >= n ({n}), got {best_of}")
+    run = load_run(run_dir, device)
+    t0 = time.perf_counter()
+    grids = run.sample_indices(best_of or n, alpha, temperature, seed, top_k, backend=backend)
+    seconds = time.perf_counter() - t0
+    images = run.decode(grids)
+    if best_of is not None:
+        images = images[whitest(images, n)]
+    save_grid(images, out, nrow=8, scale=max(1, 64 // images.shape[-1]))
+    return {
+        "out": str(out),
+        "samples": int(grids.shape[0]),
+        "kept": n,
+        "grid": list(grids.shape[1:]),
+        "sampling_s": seconds,
+        "seconds_per_step": seconds / (grids.shape[1] * grids.shape[2]),
+    }

@@ -1,0 +1,129 @@
+"""Sampling code grids from a GatedPixelCNN prior with the Gumbel-max trick.
+
+Every backend draws the code at (i, j) of sample b as
+
+    argmax_k ( logits[b, k, i, j] / temperature + G[b, i, j, k] )     (over the top_k logits only,
+                                                                       when top_k is given)
+
+with one Gumbel noise tensor G: Tensor[B, H, W, K], from `gumbel_noise(seed, ...)` or passed in.
+With the same G, every backend must give the same grid, which is how faster samplers are checked
+against the reference.
+
+Backends: "reference" (this version's only one): naive ancestral sampling in raster order; each of
+the H*W steps runs the whole prior on the whole grid and reads the logits at that position.
+"cached", "cpu" and "triton" are planned; asking for them raises NotImplementedError.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from pegasus.models.pixelcnn import GatedPixelCNN
+
+SAMPLER_BACKENDS = ("reference", "cached", "cpu", "triton")
+
+
+def gumbel_noise(
+    n: int, grid: tuple[int, int], codes: int, seed: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> Tensor:
+    """Standard Gumbel noise Tensor[n, H, W, codes], a function of (seed, shape) alone: drawn on
+    the CPU with its own generator (so the caller's RNG is untouched and every device gets the same
+    numbers), then moved to `device`."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand((n, *grid, codes), generator=gen, dtype=torch.float64)
+    # u = 0 would give -inf; the smallest positive double keeps every code possible.
+    g = -torch.log(-torch.log(u.clamp_(min=torch.finfo(torch.float64).tiny)))
+    return g.to(dtype=dtype, device=device)
+
+
+def choose(logits: Tensor, noise: Tensor, temperature: float, top_k: int | None) -> Tensor:
+    """Gumbel-max choice: logits Tensor[B, K] and noise Tensor[B, K] -> codes Tensor[B] int64.
+    With top_k, codes outside the k largest logits cannot win (ties at the k-th logit are kept)."""
+    scores = logits / temperature + noise
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(logits < kth, -math.inf)
+    return scores.argmax(dim=-1)
+
+
+def check_sampling_args(
+    prior: GatedPixelCNN,
+    n: int,
+    alpha: float,
+    temperature: float,
+    top_k: int | None,
+    noise: Tensor | None,
+) -> tuple[int, int]:
+    """Validate the arguments every backend shares; returns the grid (H, W) to sample."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n should be an integer >= 1, got {n!r}")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha should be in [0, 1], got {alpha}")
+    if not float(temperature) > 0 or not math.isfinite(float(temperature)):
+        raise ValueError(f"temperature should be a finite number > 0, got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k should be an integer >= 1 or None, got {top_k!r}")
+    if noise is None:
+        return prior.cfg.grid
+    k = prior.cfg.codes
+    if noise.dim() != 4 or noise.shape[0] != n or noise.shape[3] != k:
+        raise ValueError(f"noise should be Gumbel noise [n={n}, H, W, K={k}], got {tuple(noise.shape)}")
+    if not noise.is_floating_point():
+        raise ValueError(f"noise should be a floating-point tensor, got {noise.dtype}")
+    return int(noise.shape[1]), int(noise.shape[2])
+
+
+@torch.no_grad()
+def _sample_reference(prior: GatedPixelCNN, alpha: Tensor, noise: Tensor, temperature: float, top_k: int | None) -> Tensor:
+    n, height, width, _ = noise.shape
+    grid = torch.zeros(n, height, width, dtype=torch.int64, device=noise.device)
+    for i in range(height):
+        for j in range(width):
+            logits = prior(grid, alpha)[:, :, i, j]
+            grid[:, i, j] = choose(logits, noise[:, i, j].to(logits.dtype), temperature, top_k)
+    return grid
+
+
+def resolve_sampler(backend: str | None) -> str:
+    """The sampler backend to run: the argument, else "reference" (the only one in this version)."""
+    name = "reference" if backend is None else backend
+    if name not in SAMPLER_BACKENDS:
+        raise ValueError(f"backend should be one of {', '.join(SAMPLER_BACKENDS)}, got {name!r}")
+    if name != "reference":
+        raise NotImplementedError(f"sampler backend {name!r} is not implemented yet; use backend='reference'")
+    return name
+
+
+def sample_indices(
+    prior: GatedPixelCNN,
+    n: int,
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    noise: Tensor | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """Sample n code grids from `prior` -> Tensor[n, H, W] int64 on the prior's device.
+
+    alpha: in [0, 1], 0 = bird, 1 = horse (ignored by an unconditional prior).
+    temperature: > 0; logits are divided by it before the Gumbel noise is added.
+    top_k: restrict each choice to the k largest logits (None: all codes).
+    noise: Gumbel noise Tensor[n, H, W, K] (float); when None, `gumbel_noise(n, prior.cfg.grid,
+    K, seed)`. Its (H, W) is the grid sampled, so other grid sizes can be asked for.
+    backend: "reference" (default; the only one in this version).
+    """
+    height, width = check_sampling_args(prior, n, alpha, temperature, top_k, noise)
+    resolve_sampler(backend)
+    param = next(prior.parameters())
+    if noise is None:
+        noise = gumbel_noise(n, (height, width), prior.cfg.codes, seed, device=param.device)
+    alphas = torch.full((n,), float(alpha), dtype=param.dtype, device=param.device)
+    was_training = prior.training
+    prior.eval()
+    try:
+        return _sample_reference(prior, alphas, noise.to(param.device), float(temperature), top_k)
+    finally:
+        prior.train(was_training)

@@ -1,0 +1,91 @@
+"""The reference sampler: Gumbel-max with explicit noise, top-k, temperature, bad input."""
+import math
+
+import pytest
+import torch
+
+import pegasus
+from pegasus import GatedPixelCNN
+from pegasus.sampling import choose, gumbel_noise, sample_indices
+
+
+@pytest.fixture(scope="module")
+def prior():
+    torch.manual_seed(0)
+    return GatedPixelCNN(codes=11, channels=8, layers=2, kernel=3, grid=(3, 4)).eval()
+
+
+def teacher_forced_logits(prior, grid, alpha):
+    """Logits Tensor[B, H, W, K] of the final grid: by causality, those the sampler saw."""
+    with torch.no_grad():
+        return prior(grid, torch.full((len(grid),), alpha)).permute(0, 2, 3, 1)
+
+
+def test_same_noise_same_grid_and_gumbel_max(prior):
+    noise = gumbel_noise(5, (3, 4), 11, seed=3)
+    a = sample_indices(prior, 5, alpha=0.3, temperature=0.7, noise=noise)
+    b = sample_indices(prior, 5, alpha=0.3, temperature=0.7, noise=noise.clone())
+    assert a.shape == (5, 3, 4) and a.dtype == torch.int64 and torch.equal(a, b)
+    # Every code is the Gumbel-max choice of the logits at its position.
+    expected = (teacher_forced_logits(prior, a, 0.3) / 0.7 + noise).argmax(-1)
+    assert torch.equal(a, expected)
+    # The seed path draws exactly gumbel_noise(seed); other seeds give other grids.
+    assert torch.equal(sample_indices(prior, 5, alpha=0.3, temperature=0.7, seed=3), a)
+    assert not torch.equal(sample_indices(prior, 5, alpha=0.3, temperature=0.7, seed=4), a)
+
+
+def test_noise_that_makes_one_code_win(prior):
+    noise = torch.zeros(2, 3, 4, 11)
+    noise[..., 7] = 1e4
+    assert (sample_indices(prior, 2, noise=noise) == 7).all()
+    noise[1, 2, 3] = 0
+    noise[1, 2, 3, 2] = 1e4  # one position of one sample picks code 2
+    grid = sample_indices(prior, 2, noise=noise)
+    assert grid[1, 2, 3] == 2 and (grid.flatten()[:-1] == 7).all()
+
+
+def test_top_k(prior):
+    noise = gumbel_noise(4, (3, 4), 11, seed=0) * 50  # noise that would pick almost any code
+    grid = sample_indices(prior, 4, alpha=0.8, top_k=3, noise=noise)
+    logits = teacher_forced_logits(prior, grid, 0.8)
+    top3 = logits.topk(3, dim=-1).indices
+    assert (top3 == grid[..., None]).any(-1).all()
+    assert not (logits.topk(3, dim=-1).indices == sample_indices(prior, 4, alpha=0.8, noise=noise)[..., None]).any(-1).all()
+    # top_k=1 is greedy decoding: every code is the argmax of its logits, whatever the noise.
+    greedy = sample_indices(prior, 4, alpha=0.8, top_k=1, noise=noise)
+    assert torch.equal(greedy, teacher_forced_logits(prior, greedy, 0.8).argmax(-1))
+    assert torch.equal(choose(torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([[9.0, 0.0, 5.0]]), 1.0, 2), torch.tensor([2]))
+
+
+def test_gumbel_noise_is_seeded_and_leaves_the_global_rng_alone():
+    torch.manual_seed(1)
+    expected = torch.rand(2)
+    torch.manual_seed(1)
+    g = gumbel_noise(3, (2, 2), 5, seed=9)
+    assert torch.equal(torch.rand(2), expected)
+    assert torch.equal(g, gumbel_noise(3, (2, 2), 5, seed=9)) and torch.isfinite(g).all()
+    assert abs(float(gumbel_noise(64, (8, 8), 64, seed=0).mean()) - 0.5772) < 0.01  # Euler-Mascheroni
+
+
+def test_other_grid_sizes_from_noise(prior):
+    assert sample_indices(prior, 2, noise=gumbel_noise(2, (5, 2), 11, seed=0)).shape == (2, 5, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"alpha": -0.1}, ValueError, r"alpha should be in \[0, 1\], got -0.1"),
+        ({"alpha": 1.5}, ValueError, r"alpha should be in \[0, 1\], got 1.5"),
+        ({"n": 0}, ValueError, "n should be an integer >= 1, got 0"),
+        ({"temperature": 0.0}, ValueError, "temperature should be a finite number > 0, got 0.0"),
+        ({"temperature": math.nan}, ValueError, "temperature should be a finite number > 0, got nan"),
+        ({"top_k": 0}, ValueError, "top_k should be an integer >= 1 or None, got 0"),
+        ({"noise": torch.zeros(2, 3, 4, 10)}, ValueError, r"noise should be Gumbel noise \[n=2, H, W, K=11\], got \(2, 3, 4, 10\)"),
+        ({"noise": torch.zeros(2, 3, 4, 11, dtype=torch.int64)}, ValueError, "noise should be a floating-point tensor, got torch.int64"),
+        ({"backend": "cpu"}, NotImplementedError, "sampler backend 'cpu' is not implemented yet"),
+        ({"backend": "fast"}, ValueError, "backend should be one of reference, cached, cpu, triton, got 'fast'"),
+    ],
+)
+def test_bad_input(prior, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        pegasus.sample_indices(prior, **{"n": 2, **kwargs})
