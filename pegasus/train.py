@@ -175,7 +175,9 @@ def train_vqvae(
     summary = evaluate(model, test_ds.images, device)
     summary["steps"] = step
     atomic_write_text(out / EVAL, json.dumps(summary, indent=2))
-    save_reconstructions(model, test_ds.images[:32], out / "reconstructions.png")
+    # 32 test images spread over the split (image folders list it class by class).
+    spread = np.linspace(0, len(test_ds) - 1, min(32, len(test_ds))).astype(np.int64)
+    save_reconstructions(model, test_ds.images[spread], out / "reconstructions.png")
     if records:
         save_loss_curves(
             records,
