@@ -79,14 +79,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_vqvae(args: argparse.Namespace) -> int:
+def _device(choice: str) -> str:
+    """--device: "auto" is cuda when torch sees one, else cpu."""
     import torch
 
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def _given(settings: dict) -> dict:
+    """The settings given on the command line (argparse leaves the others None)."""
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def _cmd_train_vqvae(args: argparse.Namespace) -> int:
     from pegasus.train import train_vqvae
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     model = {"codes": args.codes, "dim": args.dim, "restart_after": args.restart_after}
     if args.no_ema:
         model["ema"] = False
@@ -100,9 +109,9 @@ def _cmd_train_vqvae(args: argparse.Namespace) -> int:
     summary = train_vqvae(
         args.data,
         args.out,
-        model_cfg={k: v for k, v in model.items() if v is not None},
-        train_cfg={k: v for k, v in train.items() if v is not None},
-        device=device,
+        model_cfg=_given(model),
+        train_cfg=_given(train),
+        device=_device(args.device),
         resume=args.resume,
         backend=args.backend,
     )
@@ -140,13 +149,8 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_prior(args: argparse.Namespace) -> int:
-    import torch
-
     from pegasus.prior import train_prior
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     prior = {"channels": args.channels, "layers": args.layers, "kernel": args.kernel}
     if args.unconditional:
         prior["conditional"] = False
@@ -160,9 +164,9 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
     }
     summary = train_prior(
         args.run,
-        prior_cfg={k: v for k, v in prior.items() if v is not None},
-        train_cfg={k: v for k, v in train.items() if v is not None},
-        device=device,
+        prior_cfg=_given(prior),
+        train_cfg=_given(train),
+        device=_device(args.device),
         resume=args.resume,
     )
     print(json.dumps(summary, indent=2))
