@@ -93,24 +93,23 @@ def _given(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if v is not None}
 
 
+def _train_settings(args: argparse.Namespace, *extra: str) -> dict:
+    """The training-loop settings given on the command line (TrainConfig fields, plus `extra`)."""
+    names = ("steps", "batch_size", "lr", "seed", "checkpoint_every", *extra)
+    return _given({name: getattr(args, name) for name in names})
+
+
 def _cmd_train_vqvae(args: argparse.Namespace) -> int:
     from pegasus.train import train_vqvae
 
     model = {"codes": args.codes, "dim": args.dim, "restart_after": args.restart_after}
     if args.no_ema:
         model["ema"] = False
-    train = {
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
-        "checkpoint_every": args.checkpoint_every,
-    }
     summary = train_vqvae(
         args.data,
         args.out,
         model_cfg=_given(model),
-        train_cfg=_given(train),
+        train_cfg=_train_settings(args),
         device=_device(args.device),
         resume=args.resume,
         backend=args.backend,
@@ -154,18 +153,10 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
     prior = {"channels": args.channels, "layers": args.layers, "kernel": args.kernel}
     if args.unconditional:
         prior["conditional"] = False
-    train = {
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
-        "checkpoint_every": args.checkpoint_every,
-        "held_out": args.held_out,
-    }
     summary = train_prior(
         args.run,
         prior_cfg=_given(prior),
-        train_cfg=_given(train),
+        train_cfg=_train_settings(args, "held_out"),
         device=_device(args.device),
         resume=args.resume,
     )
