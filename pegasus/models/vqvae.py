@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pegasus.models.quantizer import VectorQuantizer
@@ -166,7 +164,3 @@ class VQVAE(nn.Module):
         q = self.quantizer(self.encode(x))
         return VQVAEOutput(self.decode(q.quantized), q.indices, q.loss, q.perplexity, q.usage)
 
-
-def reconstruction_mse(recon: Tensor, x: Tensor) -> Tensor:
-    """Mean squared error on [0, 1] pixels."""
-    return F.mse_loss(recon, x)
