@@ -17,4 +17,27 @@ TORCH_LIBRARY(pegasus, m) {
   // Returns (indices [N] int64, min_sq_dist [N] z.dtype). Ties go to the lowest index; a row
   // whose distances are NaN gets index 0 and distance NaN (torch.argmin's rule on the reference).
   m.def("nearest_code(Tensor z, Tensor codebook) -> (Tensor, Tensor)");
+
+  // The cached sampler of a GatedPixelCNN (pegasus/reference.py documents the state tensors and
+  // GatedPixelCNN.pack_for_sampling the packed `weights`). Row start: every layer's vertical
+  // convolution over row `row`; writes v2h_row and the next layers' rows of v_state.
+  m.def("sample_row(Tensor(a!) v_state, Tensor(b!) v2h_row, Tensor[] weights, Tensor cond, int row) -> ()");
+  // One position: every layer's horizontal stack at (row, col), the logits [B, K], the Gumbel-max
+  // code argmax(logits / temperature + noise) among the top_k largest logits (top_k <= 0: all),
+  // and its embedding written into v_state and x_state. Returns (codes [B] int64, logits [B, K]).
+  m.def(
+      "sample_position(Tensor(a!) v_state, Tensor(b!) x_state, Tensor v2h_row, Tensor[] weights, "
+      "Tensor noise, float temperature, int top_k, int row, int col) -> (Tensor, Tensor)");
+  // The same two steps as Triton kernels (pegasus.kernels.sample_step registers them for CUDA,
+  // and for CPU tensors under TRITON_INTERPRET=1).
+  m.def("sample_row_triton(Tensor(a!) v_state, Tensor(b!) v2h_row, Tensor[] weights, Tensor cond, int row) -> ()");
+  m.def(
+      "sample_position_triton(Tensor(a!) v_state, Tensor(b!) x_state, Tensor v2h_row, Tensor[] weights, "
+      "Tensor noise, float temperature, int top_k, int row, int col) -> (Tensor, Tensor)");
+  // The whole raster loop in C++ (csrc/sample_loop.cpp): noise [B, H, W, K] -> (grid [B, H, W]
+  // int64, logits [B, H, W, K] when return_logits, else an empty tensor). `kernels` names the step
+  // ops it calls through the dispatcher: "cpu" (sample_row, sample_position) or "triton".
+  m.def(
+      "sample_loop(Tensor[] weights, Tensor cond, Tensor noise, float temperature, int top_k, str kernels, "
+      "bool return_logits) -> (Tensor, Tensor)");
 }

@@ -31,6 +31,33 @@ if _extension.has_cpp_ops():
         n = z.shape[0]
         return z.new_empty(n, dtype=torch.int64), z.new_empty(n)
 
+    # The cached-sampling ops (schemas and state layouts: csrc/ops.cpp, pegasus/reference.py). The
+    # step ops only write their state arguments in place; the Triton steps get the same fakes.
+    def _sample_row_fake(v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Tensor, row: int) -> None:
+        torch._check(v_state.dim() == 5, lambda: f"sample_row: v_state should be 5-D, got {v_state.dim()}-D")
+
+    def _sample_position_fake(
+        v_state: Tensor, x_state: Tensor, v2h_row: Tensor, weights: list[Tensor], noise: Tensor,
+        temperature: float, top_k: int, row: int, col: int,
+    ) -> tuple[Tensor, Tensor]:
+        torch._check(noise.dim() == 2, lambda: f"sample_position: noise should be [B, K], got {noise.dim()}-D")
+        batch, codes = noise.shape
+        return noise.new_empty(batch, dtype=torch.int64), x_state.new_empty(batch, codes)
+
+    for _suffix in ("", "_triton"):
+        torch.library.register_fake(f"pegasus::sample_row{_suffix}", _sample_row_fake)
+        torch.library.register_fake(f"pegasus::sample_position{_suffix}", _sample_position_fake)
+
+    @torch.library.register_fake("pegasus::sample_loop")
+    def _sample_loop_fake(
+        weights: list[Tensor], cond: Tensor, noise: Tensor, temperature: float, top_k: int, kernels: str,
+        return_logits: bool,
+    ) -> tuple[Tensor, Tensor]:
+        torch._check(noise.dim() == 4, lambda: f"sample_loop: noise should be [B, H, W, K], got {noise.dim()}-D")
+        batch, height, width, codes = noise.shape
+        logits = weights[0].new_empty((batch, height, width, codes) if return_logits else (0,))
+        return noise.new_empty(batch, height, width, dtype=torch.int64), logits
+
 
 def _check_nearest_code_inputs(z: Tensor, codebook: Tensor) -> None:
     if z.dim() != 2:

@@ -23,3 +23,124 @@ def nearest_code(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
     # The expanded form can round a little below zero; a squared distance cannot be.
     min_sq_dist = dist.gather(1, indices[:, None]).squeeze(1).clamp_min(0)
     return indices, min_sq_dist.to(z.dtype)
+
+
+# --- Cached sampling ops --------------------------------------------------------------------------
+# The state of the cached raster loop, for a prior of L layers, C channels, kernel k = 2h + 1, a
+# batch of B and a grid of H x W (see GatedPixelCNN.pack_for_sampling for `weights`):
+#
+#   v_state  Tensor[L, B, h+1, W+2h, C]  layer l's vertical input, rows i-h..i in a ring (row q in
+#            slot q % (h+1)), zero-padded by h columns on both sides; rows above the grid are the
+#            slots not written yet, which start at zero. Layer 0's input is the embedded codes.
+#   x_state  Tensor[L, B, W+h, C]        layer l's horizontal input in the current row, column j at
+#            index j + h, zero-padded by h on the left; zeroed at the start of every row.
+#   v2h_row  Tensor[L, B, W, 2C]         the current row's part of every horizontal pre-activation
+#            that does not depend on the row's codes: v_to_h(vertical stack) + biases + alpha.
+#   cond     Tensor[L, B, 2C]            alpha's gate offsets (GatedPixelCNN.sampling_conditioning).
+
+
+def _gate_last(a: Tensor) -> Tensor:
+    """gate() over the last dimension: Tensor[..., 2C] -> Tensor[..., C]."""
+    f, g = a.chunk(2, dim=-1)
+    return torch.tanh(f) * torch.sigmoid(g)
+
+
+def _layer_weights(weights: list[Tensor], l: int) -> list[Tensor]:
+    return weights[1 + 7 * l : 8 + 7 * l]
+
+
+def sample_row(v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Tensor, row: int) -> None:
+    """Row start of the cached loop, in place: for every layer l, its vertical convolution over row
+    `row` from rows row-h..row of v_state[l]; writes v2h_row[l] and, for l < L-1, the gated vertical
+    stack of row `row` into v_state[l+1] (slot row % (h+1)). Shapes as in the comment above."""
+    layers, batch, ring, padded, c = v_state.shape
+    h = ring - 1
+    width, k = padded - 2 * h, 2 * h + 1
+    for l in range(layers):
+        wv, bv, _, wvh, bhv, _, _ = _layer_weights(weights, l)
+        rows = wv.shape[0] // (k * c)
+        src = v_state[l][:, [(row - h + r) % ring for r in range(rows)]]  # [B, rows, W+2h, C]
+        patches = src.unfold(2, k, 1).permute(0, 2, 1, 4, 3).reshape(batch, width, rows * k * c)
+        v_pre = patches @ wv + bv  # [B, W, 2C]
+        v2h_row[l] = v_pre @ wvh + bhv + cond[l][:, None, :]
+        if l + 1 < layers:
+            v_state[l + 1][:, row % ring, h : h + width] = _gate_last(v_pre + cond[l][:, None, :])
+
+
+def choose_codes(logits: Tensor, noise: Tensor, temperature: float, top_k: int) -> Tensor:
+    """Gumbel-max over the last dimension: argmax(logits / temperature + noise) among the top_k
+    largest logits (top_k <= 0: all; ties at the k-th logit kept), first index on ties.
+    logits, noise: Tensor[B, K] -> Tensor[B] int64."""
+    scores = logits / temperature + noise.to(logits.dtype)
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(logits < kth, float("-inf"))
+    return scores.argmax(dim=-1)
+
+
+def sample_position(
+    v_state: Tensor,
+    x_state: Tensor,
+    v2h_row: Tensor,
+    weights: list[Tensor],
+    noise: Tensor,
+    temperature: float,
+    top_k: int,
+    row: int,
+    col: int,
+) -> tuple[Tensor, Tensor]:
+    """One position of the cached loop, in place: every layer's horizontal stack at (row, col), the
+    head's logits, the Gumbel-max code, and its embedding written where later positions read it
+    (x_state[0] column col, v_state[0] row `row`); layer l's output goes to x_state[l+1].
+    noise: Tensor[B, K] for this position -> (codes Tensor[B] int64, logits Tensor[B, K])."""
+    layers, batch, _, c = x_state.shape
+    h = v_state.shape[2] - 1
+    skip = None
+    for l in range(layers):
+        _, _, wh, _, _, wos, bos = _layer_weights(weights, l)
+        cols = wh.shape[0] // c
+        x = x_state[l][:, col : col + cols].reshape(batch, cols * c)
+        u = _gate_last(x @ wh + v2h_row[l][:, col])
+        out_skip = u @ wos + bos
+        x_out = out_skip[:, :c] + x_state[l][:, col + h] if l > 0 else out_skip[:, :c]
+        if l + 1 < layers:
+            x_state[l + 1][:, col + h] = x_out
+        skip = out_skip[:, c:] if skip is None else skip + out_skip[:, c:]
+    w1, b1, w2, b2 = weights[1 + 7 * layers :]
+    logits = torch.relu(torch.relu(skip) @ w1 + b1) @ w2 + b2
+    codes = choose_codes(logits, noise, temperature, top_k)
+    emb = weights[0][codes]
+    x_state[0][:, col + h] = emb
+    v_state[0][:, row % (h + 1), col + h] = emb
+    return codes, logits
+
+
+def new_sampling_state(weights: list[Tensor], batch: int, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Zeroed (v_state, x_state, v2h_row) for `weights` and a batch of B grids of height x width."""
+    layers = (len(weights) - 5) // 7
+    e = weights[0]
+    c = e.shape[1]
+    h = weights[3].shape[0] // c  # layer 0's wh has h columns (mask A)
+    v_state = e.new_zeros(layers, batch, h + 1, width + 2 * h, c)
+    x_state = e.new_zeros(layers, batch, width + h, c)
+    v2h_row = e.new_zeros(layers, batch, width, 2 * c)
+    return v_state, x_state, v2h_row
+
+
+def sample_loop(
+    weights: list[Tensor], cond: Tensor, noise: Tensor, temperature: float, top_k: int, return_logits: bool
+) -> tuple[Tensor, Tensor]:
+    """The cached raster loop over the reference step ops. noise: Tensor[B, H, W, K] ->
+    (grid Tensor[B, H, W] int64, logits Tensor[B, H, W, K] when return_logits, else empty)."""
+    batch, height, width, codes = noise.shape
+    v_state, x_state, v2h_row = new_sampling_state(weights, batch, height, width)
+    grid = torch.zeros(batch, height, width, dtype=torch.int64, device=noise.device)
+    logits = weights[0].new_empty((batch, height, width, codes) if return_logits else (0,))
+    for i in range(height):
+        sample_row(v_state, v2h_row, weights, cond, i)
+        x_state.zero_()
+        for j in range(width):
+            grid[:, i, j], step_logits = sample_position(v_state, x_state, v2h_row, weights, noise[:, i, j], temperature, top_k, i, j)
+            if return_logits:
+                logits[:, i, j] = step_logits
+    return grid, logits

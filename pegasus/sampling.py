@@ -9,19 +9,30 @@ with one Gumbel noise tensor G: Tensor[B, H, W, K], from `gumbel_noise(seed, ...
 With the same G, every backend must give the same grid, which is how faster samplers are checked
 against the reference.
 
-Backends: "reference" (the default): naive ancestral sampling in raster order; each of the H*W
-steps runs the whole prior on the whole grid and reads the logits at that position. "cached": the
-same choices from a loop that keeps each layer's vertical rows and horizontal columns and computes
-one position's worth of work per step (pegasus.cached_sampling). "cpu" and "triton" are planned;
-asking for them raises NotImplementedError.
+Backends:
+- "reference": naive ancestral sampling in raster order; each of the H*W steps runs the whole prior
+  on the whole grid and reads the logits at that position.
+- "cached": the same choices from a Python loop that keeps each layer's vertical rows and horizontal
+  columns and computes one position's worth of work per step (pegasus.cached_sampling).
+- "cpu": the cached loop owned by C++ (`pegasus::sample_loop`, csrc/sample_loop.cpp) over the
+  prior's packed weights, calling the C++ step kernels `pegasus::sample_row` / `sample_position`.
+- "triton": the same C++ loop calling the Triton step kernels (`pegasus.kernels.sample_step`) on
+  CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
+
+The default is the fastest that can run: "triton" for a prior on CUDA, "cpu" on the CPU when the
+extension loaded, else "cached". `PEGASUS_BACKEND`, when set to one of these names, comes before
+the default; a backend that was asked for and cannot run raises RuntimeError saying why.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import Tensor
 
+from pegasus import _extension
+from pegasus.backend import _triton_unavailable
 from pegasus.cached_sampling import cached_loop
 from pegasus.models.pixelcnn import GatedPixelCNN
 
@@ -98,16 +109,59 @@ def _sample_cached(prior: GatedPixelCNN, alpha: Tensor, noise: Tensor, temperatu
     return cached_loop(prior, alpha, height, width, sample)
 
 
-_SAMPLERS = {"reference": _sample_reference, "cached": _sample_cached}
+def _sample_loop(kernels: str):
+    def sample(prior: GatedPixelCNN, alpha: Tensor, noise: Tensor, temperature: float, top_k: int | None) -> Tensor:
+        weights = prior.pack_for_sampling()
+        cond = prior.sampling_conditioning(alpha)
+        grid, _ = torch.ops.pegasus.sample_loop(
+            weights, cond, noise.to(weights[0].dtype), temperature, top_k or 0, kernels, False
+        )
+        return grid
+
+    return sample
 
 
-def resolve_sampler(backend: str | None) -> str:
-    """The sampler backend to run: the argument, else "reference"."""
-    name = "reference" if backend is None else backend
+_SAMPLERS = {
+    "reference": _sample_reference,
+    "cached": _sample_cached,
+    "cpu": _sample_loop("cpu"),
+    "triton": _sample_loop("triton"),
+}
+
+
+def _unavailable(name: str, prior: GatedPixelCNN) -> str | None:
+    """Why sampler backend `name` cannot run `prior`, or None."""
+    param = next(prior.parameters())
+    if name in ("reference", "cached"):
+        return None
+    if param.dtype not in (torch.float32, torch.float64):
+        return f"its kernels run float32 and float64 priors, got a {param.dtype} prior"
+    if name == "cpu":
+        if not _extension.has_cpp_ops():
+            return f"the C++ extension pegasus._C did not load ({_extension.cpp_load_error()})"
+        if param.device.type != "cpu":
+            return f"it runs a prior on the CPU, got one on {param.device}"
+        return None
+    why = _triton_unavailable("sample_position_triton", param.device)
+    if why is None:
+        import pegasus.kernels.sample_step  # noqa: F401  registers the Triton step kernels
+    return why
+
+
+def resolve_sampler(backend: str | None, prior: GatedPixelCNN) -> str:
+    """The sampler backend to run `prior`: the argument, else PEGASUS_BACKEND, else the fastest
+    available ("triton" on CUDA, "cpu" on the CPU, else "cached"). Raises ValueError for an unknown
+    name and RuntimeError for a backend that was asked for and cannot run."""
+    name = backend if backend is not None else os.environ.get("PEGASUS_BACKEND") or None
+    if name is None:
+        fastest = "triton" if next(prior.parameters()).device.type == "cuda" else "cpu"
+        return fastest if _unavailable(fastest, prior) is None else "cached"
+    where = "backend" if backend is not None else "PEGASUS_BACKEND"
     if name not in SAMPLER_BACKENDS:
-        raise ValueError(f"backend should be one of {', '.join(SAMPLER_BACKENDS)}, got {name!r}")
-    if name not in _SAMPLERS:
-        raise NotImplementedError(f"sampler backend {name!r} is not implemented yet; use backend='reference' or 'cached'")
+        raise ValueError(f"{where} should be one of {', '.join(SAMPLER_BACKENDS)}, got {name!r}")
+    why = _unavailable(name, prior)
+    if why is not None:
+        raise RuntimeError(f"sampler backend {name!r} unavailable: {why}")
     return name
 
 
@@ -128,11 +182,11 @@ def sample_indices(
     top_k: restrict each choice to the k largest logits (None: all codes).
     noise: Gumbel noise Tensor[n, H, W, K] (float); when None, `gumbel_noise(n, prior.cfg.grid,
     K, seed)`. Its (H, W) is the grid sampled, so other grid sizes can be asked for.
-    backend: "reference" (default) or "cached" (the same grid for the same noise, one position's
-    work per step instead of a full pass).
+    backend: "reference", "cached", "cpu" or "triton" (see the module docstring); every backend
+    gives the same grid for the same noise. None: PEGASUS_BACKEND, else the fastest available.
     """
     height, width = check_sampling_args(prior, n, alpha, temperature, top_k, noise)
-    sampler = _SAMPLERS[resolve_sampler(backend)]
+    sampler = _SAMPLERS[resolve_sampler(backend, prior)]
     param = next(prior.parameters())
     if noise is None:
         noise = gumbel_noise(n, (height, width), prior.cfg.codes, seed, device=param.device)

@@ -82,7 +82,7 @@ def test_other_grid_sizes_from_noise(prior):
         ({"top_k": 0}, ValueError, "top_k should be an integer >= 1 or None, got 0"),
         ({"noise": torch.zeros(2, 3, 4, 10)}, ValueError, r"noise should be Gumbel noise \[n=2, H, W, K=11\], got \(2, 3, 4, 10\)"),
         ({"noise": torch.zeros(2, 3, 4, 11, dtype=torch.int64)}, ValueError, "noise should be a floating-point tensor, got torch.int64"),
-        ({"backend": "cpu"}, NotImplementedError, "sampler backend 'cpu' is not implemented yet"),
+        ({"noise": torch.zeros(2, 3, 4)}, ValueError, r"noise should be Gumbel noise \[n=2, H, W, K=11\], got \(2, 3, 4\)"),
         ({"backend": "fast"}, ValueError, "backend should be one of reference, cached, cpu, triton, got 'fast'"),
     ],
 )

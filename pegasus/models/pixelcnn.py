@@ -178,3 +178,54 @@ class GatedPixelCNN(nn.Module):
 
     def forward(self, indices: Tensor, alpha: Tensor | None = None) -> Tensor:
         return self.forward_embedded(self.embed(indices), alpha)
+
+    @torch.no_grad()
+    def pack_for_sampling(self) -> list[Tensor]:
+        """The weights the sampling ops read, packed once: a list of 1 + 7 * layers + 4 contiguous
+        tensors in the prior's dtype and device. Matrices are [in, out], so a batch of inputs
+        X[B, in] maps to X @ W; C = channels, k = kernel, h = k // 2, K = codes.
+
+            [0]               embedding            [K, C]
+            per layer l, at 1 + 7 * l:
+              wv   vertical conv                   [rows * k * C, 2C]   row-major over (r, dx, c)
+              bv   its bias                        [2C]
+              wh   horizontal conv                 [cols * C, 2C]       row-major over (dx, c)
+              wvh  vertical-to-horizontal 1x1      [2C, 2C]
+              bhv  bias of wvh + bias of wh        [2C]  (both enter the horizontal stack once)
+              wos  out and skip 1x1, side by side  [C, 2C]   (columns :C out, C: skip)
+              bos  their biases                    [2C]
+            head, at 1 + 7 * layers:  w1 [C, C], b1 [C], w2 [C, K], b2 [K]
+
+        Mask A (layer 0) keeps only the kernel rows above the current one (rows = h) and the
+        columns left of the current one (cols = h); mask B layers keep rows = cols = h + 1. The
+        masked-out taps are left out, not stored as zeros.
+        """
+        c, k, h = self.cfg.channels, self.cfg.kernel, self.cfg.kernel // 2
+        packed = [self.embedding.weight]
+        for layer in self.layers:
+            keep = h if layer.horizontal.mask_type == "A" else h + 1
+            wv = layer.vertical.weight[:, :, :keep, :]  # [2C, C, rows, k]
+            wh = layer.horizontal.weight[:, :, 0, :keep]  # [2C, C, cols]
+            wos = torch.cat([layer.out.weight.flatten(1), layer.skip.weight.flatten(1)], 0)  # [2C, C]
+            packed += [
+                wv.permute(2, 3, 1, 0).reshape(keep * k * c, 2 * c),
+                layer.vertical.bias,
+                wh.permute(2, 1, 0).reshape(keep * c, 2 * c),
+                layer.v_to_h.weight.flatten(1).t(),
+                layer.v_to_h.bias + layer.horizontal.bias,
+                wos.t(),
+                torch.cat([layer.out.bias, layer.skip.bias]),
+            ]
+        w1, w2 = self.head[1], self.head[3]
+        packed += [w1.weight.flatten(1).t(), w1.bias, w2.weight.flatten(1).t(), w2.bias]
+        return [t.detach().contiguous() for t in packed]
+
+    @torch.no_grad()
+    def sampling_conditioning(self, alpha: Tensor) -> Tensor:
+        """The gate offsets of every layer for alpha: Tensor[B] -> Tensor[layers, B, 2C] (zeros for
+        an unconditional prior), the `cond` argument of the sampling ops."""
+        conds = self.conditioning(alpha, alpha.shape[0])
+        if conds[0] is None:
+            w = self.embedding.weight
+            return w.new_zeros(self.cfg.layers, alpha.shape[0], 2 * self.cfg.channels)
+        return torch.stack(conds).contiguous()

@@ -1,0 +1,197 @@
+// CPU kernels of the cached sampler's two steps, pegasus::sample_row and pegasus::sample_position
+// (schemas in csrc/ops.cpp; the pure-PyTorch reference is pegasus/reference.py, which documents the
+// state tensors). Matrix products go to at::addmm_out (MKL/oneDNN, threaded); the gates, the
+// residuals, the Gumbel-max choice and the gathers are plain loops over raw pointers, because at
+// one position of a batch of 1 to 64 the per-op overhead of ATen calls, not arithmetic, dominates.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "../sample_common.h"
+
+namespace pegasus {
+namespace {
+
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+// out[c] = tanh(a[c] + add[c]) * sigmoid(a[C + c] + add[C + c]) for c < C; add may be null.
+template <typename T>
+inline void gate(const T* a, const T* add, int64_t c, T* out) {
+  for (int64_t i = 0; i < c; ++i) {
+    const T f = add ? a[i] + add[i] : a[i];
+    const T g = add ? a[c + i] + add[c + i] : a[c + i];
+    out[i] = std::tanh(f) * sigmoid(g);
+  }
+}
+
+void sample_row_cpu(const at::Tensor& v_state, const at::Tensor& v2h_row, at::TensorList weights,
+                    const at::Tensor& cond, int64_t row) {
+  const PackedPrior p = check_weights(weights);
+  const auto [batch, width] = check_v_state(v_state, p, weights[0]);
+  const int64_t c = p.channels, k = p.kernel, h = p.half, ring = h + 1, padded = width + 2 * h;
+  check_state("v2h_row", v2h_row, weights[0], {p.layers, batch, width, 2 * c});
+  check_state("cond", cond, weights[0], {p.layers, batch, 2 * c});
+  TORCH_CHECK(row >= 0, "sample_row: row should be >= 0, got ", row);
+  const int64_t here = row % ring;
+
+  AT_DISPATCH_FLOATING_TYPES(v_state.scalar_type(), "sample_row", [&] {
+    using T = scalar_t;
+    T* vs = v_state.data_ptr<T>();
+    const T* cd = cond.data_ptr<T>();
+    auto layer_in = [&](int64_t l, int64_t b, int64_t slot) {  // v_state[l, b, slot] -> [W+2h, C]
+      return vs + ((l * batch + b) * ring + slot) * padded * c;
+    };
+    std::vector<T> gated(c);
+    for (int64_t l = 0; l < p.layers; ++l) {
+      const at::Tensor& wv = weights[1 + 7 * l];
+      const int64_t rows = wv.size(0) / (k * c);
+      // im2col of row `row`: for each (b, j), kernel rows r (ring slots of rows row-h+r) and
+      // columns j..j+2h of the padded row, which are k*C contiguous values.
+      at::Tensor patches = at::empty({batch * width, rows * k * c}, v_state.options());
+      T* pt = patches.data_ptr<T>();
+      for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t slot = ((row - h + r) % ring + ring) % ring;
+          const T* src = layer_in(l, b, slot);
+          for (int64_t j = 0; j < width; ++j) {
+            std::memcpy(pt + ((b * width + j) * rows + r) * k * c, src + j * c, sizeof(T) * k * c);
+          }
+        }
+      }
+      at::Tensor v_pre = at::addmm(weights[2 + 7 * l], patches, wv);  // [B*W, 2C]
+      at::Tensor v2h = v2h_row.select(0, l).view({batch * width, 2 * c});
+      at::addmm_out(v2h, weights[5 + 7 * l], v_pre, weights[4 + 7 * l]);
+      const T* vp = v_pre.data_ptr<T>();
+      T* vh = v2h.data_ptr<T>();
+      for (int64_t b = 0; b < batch; ++b) {
+        const T* add = cd + (l * batch + b) * 2 * c;
+        for (int64_t j = 0; j < width; ++j) {
+          T* out = vh + (b * width + j) * 2 * c;
+          for (int64_t o = 0; o < 2 * c; ++o) out[o] += add[o];
+          if (l + 1 < p.layers) {  // the last layer's vertical stack feeds nothing
+            gate(vp + (b * width + j) * 2 * c, add, c, layer_in(l + 1, b, here) + (h + j) * c);
+          }
+        }
+      }
+    }
+  });
+}
+
+// Index of the Gumbel-max code of one row: argmax over k of logits[k] / temperature + noise[k],
+// restricted to logits >= the top_k-th largest when 0 < top_k < K. Ties go to the first index and a
+// NaN score wins, as torch.argmax does in the reference.
+template <typename T>
+int64_t choose(const T* logits, const T* noise, int64_t noise_stride, int64_t codes, double temperature,
+               int64_t top_k, std::vector<T>& scratch) {
+  T kth = -std::numeric_limits<T>::infinity();
+  const bool restrict = top_k > 0 && top_k < codes;
+  if (restrict) {
+    scratch.assign(logits, logits + codes);
+    std::nth_element(scratch.begin(), scratch.begin() + (top_k - 1), scratch.end(), std::greater<T>());
+    kth = scratch[top_k - 1];
+  }
+  const T t = static_cast<T>(temperature);
+  int64_t best_k = 0;
+  T best = -std::numeric_limits<T>::infinity();
+  bool first = true;
+  for (int64_t i = 0; i < codes; ++i) {
+    const T s = (restrict && logits[i] < kth) ? -std::numeric_limits<T>::infinity()
+                                               : logits[i] / t + noise[i * noise_stride];
+    if (first || s > best || (std::isnan(s) && !std::isnan(best))) {
+      best = s;
+      best_k = i;
+      first = false;
+    }
+  }
+  return best_k;
+}
+
+std::tuple<at::Tensor, at::Tensor> sample_position_cpu(const at::Tensor& v_state, const at::Tensor& x_state,
+                                                       const at::Tensor& v2h_row, at::TensorList weights,
+                                                       const at::Tensor& noise, double temperature, int64_t top_k,
+                                                       int64_t row, int64_t col) {
+  const PackedPrior p = check_weights(weights);
+  const auto [batch, width] = check_v_state(v_state, p, weights[0]);
+  const int64_t c = p.channels, h = p.half, ring = h + 1, padded_x = width + h;
+  check_state("x_state", x_state, weights[0], {p.layers, batch, padded_x, c});
+  check_state("v2h_row", v2h_row, weights[0], {p.layers, batch, width, 2 * c});
+  TORCH_CHECK(noise.sizes() == at::IntArrayRef({batch, p.codes}), "sample_position: noise should be [B=", batch,
+              ", K=", p.codes, "], got ", noise.sizes());
+  TORCH_CHECK(noise.scalar_type() == weights[0].scalar_type() && noise.device() == weights[0].device(),
+              "sample_position: noise should be ", weights[0].scalar_type(), " on ", weights[0].device(), ", got ",
+              noise.scalar_type(), " on ", noise.device());
+  TORCH_CHECK(std::isfinite(temperature) && temperature > 0, "sample_position: temperature should be > 0, got ",
+              temperature);
+  TORCH_CHECK(row >= 0, "sample_position: row should be >= 0, got ", row);
+  TORCH_CHECK(col >= 0 && col < width, "sample_position: col should be in [0, ", width, "), got ", col);
+
+  at::Tensor codes = at::empty({batch}, v_state.options().dtype(at::kLong));
+  at::Tensor logits;
+  AT_DISPATCH_FLOATING_TYPES(v_state.scalar_type(), "sample_position", [&] {
+    using T = scalar_t;
+    T* xs = x_state.data_ptr<T>();
+    auto x_at = [&](int64_t l, int64_t b, int64_t j) { return xs + ((l * batch + b) * padded_x + j) * c; };
+    at::Tensor u = at::empty({batch, c}, x_state.options());
+    at::Tensor skip = at::zeros({batch, c}, x_state.options());
+    at::Tensor out_skip = at::empty({batch, 2 * c}, x_state.options());
+    at::Tensor h_pre = at::empty({batch, 2 * c}, x_state.options());
+    T* up = u.data_ptr<T>();
+    T* sp = skip.data_ptr<T>();
+    const T* osp = out_skip.data_ptr<T>();
+    const T* hp = h_pre.data_ptr<T>();
+    for (int64_t l = 0; l < p.layers; ++l) {
+      const at::Tensor& wh = weights[3 + 7 * l];
+      const int64_t cols = wh.size(0) / c;
+      // Columns col-h .. col-h+cols-1 of layer l's input: [B, cols*C], row stride (W+h)*C.
+      at::Tensor x = x_state.select(0, l).narrow(1, col, cols).reshape({batch, cols * c});
+      at::addmm_out(h_pre, v2h_row.select(0, l).select(1, col), x, wh);
+      for (int64_t b = 0; b < batch; ++b) gate(hp + b * 2 * c, static_cast<const T*>(nullptr), c, up + b * c);
+      at::addmm_out(out_skip, weights[7 + 7 * l], u, weights[6 + 7 * l]);
+      for (int64_t b = 0; b < batch; ++b) {
+        const T* os = osp + b * 2 * c;
+        if (l + 1 < p.layers) {
+          T* next = x_at(l + 1, b, col + h);
+          const T* res = x_at(l, b, col + h);  // the first layer has no residual (it would leak the code)
+          for (int64_t i = 0; i < c; ++i) next[i] = l > 0 ? os[i] + res[i] : os[i];
+        }
+        for (int64_t i = 0; i < c; ++i) sp[b * c + i] += os[c + i];
+      }
+    }
+    const size_t head = 1 + 7 * static_cast<size_t>(p.layers);
+    skip.relu_();
+    at::Tensor hidden = at::addmm(weights[head + 1], skip, weights[head]).relu_();
+    logits = at::addmm(weights[head + 3], hidden, weights[head + 2]);  // [B, K]
+    const T* lp = logits.data_ptr<T>();
+    const T* np = noise.data_ptr<T>();
+    int64_t* cp = codes.data_ptr<int64_t>();
+    const T* emb = weights[0].data_ptr<T>();
+    T* vs = v_state.data_ptr<T>();
+    std::vector<T> scratch;
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t code = choose(lp + b * p.codes, np + b * noise.stride(0), noise.stride(1), p.codes, temperature,
+                                  top_k, scratch);
+      cp[b] = code;
+      const T* e = emb + code * c;
+      std::memcpy(x_at(0, b, col + h), e, sizeof(T) * c);
+      std::memcpy(vs + (((b) * ring + row % ring) * (width + 2 * h) + h + col) * c, e, sizeof(T) * c);
+    }
+  });
+  return {codes, logits};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pegasus, CPU, m) {
+  m.impl("sample_row", &sample_row_cpu);
+  m.impl("sample_position", &sample_position_cpu);
+}
+
+}  // namespace pegasus

@@ -1,0 +1,282 @@
+"""The C++ sampling loop (`pegasus::sample_loop`, backends "cpu" and "triton") against the naive
+reference sampler, its step ops against pegasus/reference.py, opcheck, bad input and Ctrl-C.
+
+"triton" runs here on CPU tensors in Triton's interpreter, only when TRITON_INTERPRET=1 (CI sets it).
+"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import torch
+
+from pegasus import reference
+from pegasus.backend import _triton_unavailable
+from pegasus.sampling import gumbel_noise, resolve_sampler, sample_indices
+
+from .conftest import needs_ext
+from .test_cached_sampling import random_prior
+
+pytestmark = needs_ext
+
+HAS_TRITON = _triton_unavailable("sample_position_triton", torch.device("cpu")) is None
+LOOP_BACKENDS = ["cpu"] + (["triton"] if HAS_TRITON else [])
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="needs triton and TRITON_INTERPRET=1 (CI sets it)")
+
+
+def loop_inputs(prior, noise, alpha):
+    weights = prior.pack_for_sampling()
+    cond = prior.sampling_conditioning(torch.full((noise.shape[0],), alpha, dtype=weights[0].dtype))
+    return weights, cond
+
+
+@pytest.mark.parametrize("backend", LOOP_BACKENDS)
+@pytest.mark.parametrize(
+    "kernel, layers, grid, conditional",
+    [
+        (3, 1, (8, 8), True),
+        (3, 2, (5, 7), False),
+        (3, 4, (8, 8), False),
+        (5, 1, (5, 7), True),
+        (5, 3, (8, 8), True),
+        (5, 4, (5, 7), True),
+        (5, 2, (3, 1), False),  # narrower than the kernel
+    ],
+)
+def test_same_grids_as_reference_float64(backend, kernel, layers, grid, conditional):
+    prior = random_prior(13, layers, kernel, conditional, torch.float64, seed=layers * 10 + kernel)
+    for seed in range(3 if backend == "cpu" else 2):
+        noise = gumbel_noise(3, grid, 13, seed=seed, dtype=torch.float64)
+        kwargs = {"alpha": 0.3 * seed + 0.1, "temperature": 0.8, "noise": noise}
+        ref = sample_indices(prior, 3, backend="reference", **kwargs)
+        assert torch.equal(sample_indices(prior, 3, backend=backend, **kwargs), ref), (seed, ref)
+
+
+@pytest.mark.parametrize("backend", LOOP_BACKENDS)
+@pytest.mark.parametrize("n, codes, top_k", [(1, 13, None), (2, 1, None), (3, 13, 3), (2, 13, 1)])
+def test_batch_one_one_code_and_top_k_float64(backend, n, codes, top_k):
+    prior = random_prior(codes, 3, 3, True, torch.float64)
+    noise = gumbel_noise(n, (5, 7), codes, seed=1, dtype=torch.float64) * 5  # noise that often beats the logits
+    ref = sample_indices(prior, n, alpha=0.6, top_k=top_k, noise=noise, backend="reference")
+    assert torch.equal(sample_indices(prior, n, alpha=0.6, top_k=top_k, noise=noise, backend=backend), ref)
+    if codes == 1:
+        assert (ref == 0).all()
+
+
+@pytest.mark.parametrize("backend", LOOP_BACKENDS)
+@pytest.mark.parametrize("kernel, layers, conditional", [(3, 2, True), (5, 4, False), (5, 8, True)])
+def test_logits_and_grids_float32(backend, kernel, layers, conditional):
+    """Every position's logits against a full pass of the prior over the sampled grid (the logits at
+    (i, j) depend only on earlier positions, so they are the ones the sampler saw), and the grids
+    against the reference's."""
+    prior = random_prior(17, layers, kernel, conditional, torch.float32)
+    for seed, grid in enumerate([(8, 8), (5, 7)]):
+        noise = gumbel_noise(4, grid, 17, seed=seed)
+        weights, cond = loop_inputs(prior, noise, 0.4)
+        out, logits = torch.ops.pegasus.sample_loop(weights, cond, noise, 1.0, 0, backend, True)
+        with torch.no_grad():
+            full = prior(out, torch.full((4,), 0.4)).permute(0, 2, 3, 1)
+        torch.testing.assert_close(logits, full, atol=1e-4, rtol=0)
+        assert torch.equal(out, sample_indices(prior, 4, alpha=0.4, noise=noise, backend="reference"))
+
+
+def test_steps_match_reference_ops_and_cached_logits():
+    """The C++ step kernels leave the same state as the reference step ops, position by position."""
+    prior = random_prior(11, 3, 5, True, torch.float64, seed=3)
+    noise = gumbel_noise(2, (4, 6), 11, seed=4, dtype=torch.float64)
+    weights, cond = loop_inputs(prior, noise, 0.7)
+    ref_state = reference.new_sampling_state(weights, 2, 4, 6)
+    cpu_state = [t.clone() for t in ref_state]
+    for i in range(4):
+        reference.sample_row(ref_state[0], ref_state[2], weights, cond, i)
+        torch.ops.pegasus.sample_row(cpu_state[0], cpu_state[2], weights, cond, i)
+        ref_state[1].zero_()
+        cpu_state[1].zero_()
+        for j in range(6):
+            ref = reference.sample_position(ref_state[0], ref_state[1], ref_state[2], weights, noise[:, i, j], 0.9, 0, i, j)
+            got = torch.ops.pegasus.sample_position(cpu_state[0], cpu_state[1], cpu_state[2], weights, noise[:, i, j], 0.9, 0, i, j)
+            assert torch.equal(got[0], ref[0])
+            torch.testing.assert_close(got[1], ref[1], atol=1e-12, rtol=0)
+            for a, b in zip(cpu_state, ref_state):
+                torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def opcheck_samples():
+    """(op name, args) at a mid-grid position, with a non-zero state from a few reference steps."""
+    prior = random_prior(7, 2, 3, True, torch.float64, seed=5)
+    noise = gumbel_noise(2, (3, 4), 7, seed=6, dtype=torch.float64)
+    weights, cond = loop_inputs(prior, noise, 0.5)
+    v_state, x_state, v2h_row = reference.new_sampling_state(weights, 2, 3, 4)
+    reference.sample_row(v_state, v2h_row, weights, cond, 0)
+    for j in range(4):
+        reference.sample_position(v_state, x_state, v2h_row, weights, noise[:, 0, j], 1.0, 0, 0, j)
+    reference.sample_row(v_state, v2h_row, weights, cond, 1)
+    x_state.zero_()
+    reference.sample_position(v_state, x_state, v2h_row, weights, noise[:, 1, 0], 1.0, 0, 1, 0)
+    return [
+        ("sample_row", (v_state.clone(), v2h_row.clone(), weights, cond, 2)),
+        ("sample_position", (v_state.clone(), x_state.clone(), v2h_row.clone(), weights, noise[:, 1, 1].contiguous(), 0.7, 3, 1, 1)),
+        ("sample_loop", (weights, cond, noise, 1.0, 0, "cpu", True)),
+        ("sample_loop", (weights, cond, noise, 0.5, 2, "cpu", False)),
+    ]
+
+
+@pytest.mark.parametrize("name, args", opcheck_samples(), ids=lambda x: x if isinstance(x, str) else "")
+def test_opcheck(name, args):
+    torch.library.opcheck(getattr(torch.ops.pegasus, name).default, args)
+
+
+@pytest.mark.parametrize("backend", LOOP_BACKENDS)
+def test_default_prior_config_float32(backend):
+    """The configuration the package trains (64 channels, 8 layers, kernel 5, 512 codes) at 3x2."""
+    torch.manual_seed(0)
+    from pegasus import GatedPixelCNN
+
+    prior = GatedPixelCNN().eval()
+    noise = gumbel_noise(2, (3, 2), 512, seed=0)
+    ref = sample_indices(prior, 2, noise=noise, backend="reference")
+    assert torch.equal(sample_indices(prior, 2, noise=noise, backend=backend), ref)
+
+
+def test_default_backend_is_the_fastest_available():
+    prior = random_prior(5, 1, 3, True, torch.float32)
+    assert resolve_sampler(None, prior) == "cpu"
+    assert resolve_sampler(None, prior.double()) == "cpu"
+    assert resolve_sampler(None, random_prior(5, 1, 3, True, torch.bfloat16)) == "cached"
+
+
+def test_pegasus_backend_environment(monkeypatch):
+    prior = random_prior(5, 1, 3, True, torch.float32)
+    monkeypatch.setenv("PEGASUS_BACKEND", "cached")
+    assert resolve_sampler(None, prior) == "cached"
+    assert resolve_sampler("cpu", prior) == "cpu"  # the argument comes first
+    monkeypatch.setenv("PEGASUS_BACKEND", "fast")
+    with pytest.raises(ValueError, match="PEGASUS_BACKEND should be one of reference, cached, cpu, triton, got 'fast'"):
+        resolve_sampler(None, prior)
+
+
+def test_unsupported_prior_is_refused_before_the_loop():
+    prior = random_prior(5, 1, 3, True, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="sampler backend 'cpu' unavailable: its kernels run float32 and float64 priors, got a torch.bfloat16 prior"):
+        sample_indices(prior, 2, backend="cpu")
+
+
+@pytest.mark.skipif(HAS_TRITON, reason="checks the error raised when Triton cannot run")
+def test_triton_unavailable_says_why():
+    with pytest.raises(RuntimeError, match="sampler backend 'triton' unavailable: "):
+        sample_indices(random_prior(5, 1, 3, True, torch.float32), 2, backend="triton")
+
+
+@pytest.fixture(scope="module")
+def small():
+    prior = random_prior(7, 2, 3, True, torch.float32, seed=9)
+    noise = gumbel_noise(2, (3, 4), 7, seed=1)
+    weights, cond = loop_inputs(prior, noise, 0.5)
+    state = reference.new_sampling_state(weights, 2, 3, 4)
+    return weights, cond, noise, state
+
+
+def _drop(weights, i):
+    return weights[:i] + weights[i + 1 :]
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n[..., :5], 1.0, 0, "cpu", False), r"noise should be Gumbel noise \[B, H, W, K=7\]"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n.double(), 1.0, 0, "cpu", False), "noise should be Float on cpu like the weights, got Double"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n[:0], 1.0, 0, "cpu", False), r"with B, H, W >= 1"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n, 0.0, 0, "cpu", False), "temperature should be > 0, got 0"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n, float("nan"), 0, "cpu", False), "temperature should be > 0"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n, 1.0, 0, "cuda", False), 'kernels should be "cpu" or "triton", got "cuda"'),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c[:, :1], n, 1.0, 0, "cpu", False), r"cond should be \[2, 2, 12\], got \[2, 1, 12\]"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(_drop(w, 3), c, n, 1.0, 0, "cpu", False), "weights should be the 1 \\+ 7 \\* layers \\+ 4 tensors"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w[:2] + [w[2].double()] + w[3:], c, n, 1.0, 0, "cpu", False), r"weights\[2\] is Double but weights\[0\] is Float"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w[:2] + [w[2][:5]] + w[3:], c, n, 1.0, 0, "cpu", False), r"weights\[2\] \(bv\) should be \[12\], got \[5\]"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop([w[0].t()] + w[1:], c, n, 1.0, 0, "cpu", False), r"weights\[3\] \(layer 0 wh\) should be \[h \* C, 2C\], got \[6, 12\]"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w[:1] + [w[1].t().contiguous().t()] + w[2:], c, n, 1.0, 0, "cpu", False), r"weights\[1\] \(wv\) should be contiguous"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_row(s[0][:, :1].contiguous(), s[2], w, c, 0), r"v2h_row should be \[2, 1, 4, 12\], got \[2, 2, 4, 12\]"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_row(s[0], s[2], w, c, -1), "row should be >= 0, got -1"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_row(s[0][:, :1], s[2], w, c, 0), "v_state should be contiguous"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_row(s[0].transpose(2, 3), s[2], w, c, 0), r"v_state \[2, 2, 6, 2, 6\] has no batch or no columns"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_position(s[0], s[1], s[2], w, n[:, 0, 0], 1.0, 0, 0, 4), r"col should be in \[0, 4\), got 4"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_position(s[0], s[1][:, :, :3], s[2], w, n[:, 0, 0], 1.0, 0, 0, 0), r"x_state should be \[2, 2, 5, 6\], got \[2, 2, 3, 6\]"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_position(s[0], s[1], s[2], w, n[:1, 0, 0], 1.0, 0, 0, 0), r"noise should be \[B=2, K=7\], got \[1, 7\]"),
+    ],
+)
+def test_bad_input_raises_before_any_work(small, call, match):
+    weights, cond, noise, state = small
+    with pytest.raises(RuntimeError, match=match):
+        call(weights, cond, noise, [t.clone() for t in state])
+
+
+def test_gil_is_released_while_sampling():
+    """Another Python thread keeps running while the C++ loop samples: the loop runs without the
+    GIL (holding it, the other thread would be stopped for the whole call)."""
+    from pegasus import GatedPixelCNN
+
+    torch.manual_seed(0)
+    prior = GatedPixelCNN(channels=32, layers=4).eval()
+    noise = gumbel_noise(4, (16, 16), 512, seed=0)
+    ticks, done = [], threading.Event()
+
+    def count():
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=count)
+    thread.start()
+    try:
+        start = time.perf_counter()
+        sample_indices(prior, 4, noise=noise, backend="cpu")
+        end = time.perf_counter()
+    finally:
+        done.set()
+        thread.join()
+    during = [t for t in ticks if start < t < end]
+    # Holding the GIL for the whole call would leave no tick inside it; without the GIL the other
+    # thread ticks every millisecond or so. The loop takes the GIL briefly between rows only.
+    assert len(during) >= 5, (len(during), end - start)
+
+
+def test_ctrl_c_stops_the_loop_between_rows(tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        from pegasus import GatedPixelCNN
+        from pegasus.sampling import gumbel_noise, sample_indices
+        prior = GatedPixelCNN(channels=32, layers=4).eval()
+        noise = gumbel_noise(16, (256, 24), 512, seed=0)  # minutes of sampling if never stopped
+        print("sampling", flush=True)
+        try:
+            sample_indices(prior, 16, noise=noise, backend="cpu")
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.exit(3)
+        print("finished", flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert proc.stdout.readline().strip() == "sampling"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3 and out.strip() == "interrupted", (proc.returncode, out)
+
+
+@needs_triton
+def test_triton_loop_steps_are_the_triton_ops():
+    """backend="triton" on CPU tensors (interpreter) goes through the *_triton step ops."""
+    prior = random_prior(7, 2, 3, True, torch.float64, seed=2)
+    noise = gumbel_noise(2, (3, 3), 7, seed=0, dtype=torch.float64)
+    weights, cond = loop_inputs(prior, noise, 0.5)
+    grid, _ = torch.ops.pegasus.sample_loop(weights, cond, noise, 1.0, 0, "triton", False)
+    assert torch.equal(grid, sample_indices(prior, 2, noise=noise, backend="reference"))
