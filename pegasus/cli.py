@@ -63,6 +63,8 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.op == "sampler":
+        return _bench_sampler(args)
     from pegasus import bench
 
     shapes = args.shape or (bench.QUICK_SHAPES if args.quick else bench.FULL_SHAPES)
@@ -75,6 +77,28 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             f.write(bench.to_json_lines(records))
+        print(f"wrote {len(records)} records to {args.json}")
+    return 0
+
+
+def _bench_sampler(args: argparse.Namespace) -> int:
+    from pegasus import bench_sampler
+
+    if args.shape:
+        raise ValueError("--shape is for nearest-code; the sampler's cases are set by --quick")
+    cases = bench_sampler.QUICK_CASES if args.quick else bench_sampler.FULL_CASES
+    records, notes = bench_sampler.run(cases, device=args.device, min_run_time=args.min_run_time,
+                                       progress=lambda line: print(line, file=sys.stderr))
+    print(bench_sampler.header(args.device))
+    print(bench_sampler.format_table(records))
+    if any(r.reference_rows_timed for r in records):
+        print("note: the reference at 24x24 was timed over its first row and scaled by the row count "
+              "(each naive step is one full pass over the grid, so every row costs the same)")
+    for note in notes:
+        print(f"note: {note}")
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(bench_sampler.to_json_lines(records))
         print(f"wrote {len(records)} records to {args.json}")
     return 0
 
@@ -211,13 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         parents=[common],
-        help="benchmark an op's backends against the reference (and FAISS)",
-        description="Time every available backend of the op (each in a fresh process, which also gives "
+        help="benchmark an op's backends against the reference (nearest-code also against FAISS)",
+        description="Time every available backend of the op (nearest-code: each in a fresh process, which also gives "
         "its peak extra memory), print a table and optionally write one JSON record per (shape, backend).",
     )
-    p.add_argument("op", choices=["nearest-code"], help="the op to benchmark")
+    p.add_argument("op", choices=["nearest-code", "sampler"], help="the op to benchmark")
     p.add_argument("--json", metavar="FILE", help="write the records here, one JSON object per line")
-    p.add_argument("--quick", action="store_true", help="N=4096 and 36864 at K=512 only (default: N in 4096, 36864, 262144; K in 512, 1024)")
+    p.add_argument("--quick", action="store_true", help="nearest-code: N=4096 and 36864 at K=512 only (default: N in 4096, 36864, "
+                   "262144; K in 512, 1024). sampler: 8x8 at batch 1 and 16 only (default: 8x8 and 24x24 at batch 1, 16, 64)")
     p.add_argument("--shape", type=_shape, action="append", metavar="NxKxD", help="benchmark this shape instead (repeatable)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
     p.add_argument("--min-run-time", type=_positive_float, default=1.0, metavar="S", help="seconds of timing per measurement (default 1)")
@@ -310,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=_positive_float, default=1.0, help="logits are divided by it (default 1.0)")
     p.add_argument("--top-k", type=_positive_int, help="sample among the k most likely codes only")
     p.add_argument("--seed", type=int, default=0, help="seed of the Gumbel noise (default 0)")
-    p.add_argument("--backend", choices=["reference", "cached", "cpu", "triton"], help="sampler: reference (default) or cached (same grids, ~26x faster at 8x8, batch 64); cpu and triton are not implemented yet")
+    p.add_argument("--backend", choices=["reference", "cached", "cpu", "triton"], help="sampler (same grids for the same seed): reference (naive), cached (Python loop), cpu (C++ loop), "
+                   "triton (C++ loop, Triton kernels on CUDA); default: the fastest available")
     p.add_argument("--best-of", type=_positive_int, metavar="M", help="sample M and keep the n whitest")
     p.add_argument("--out", help="PNG to write (default RUN_DIR/pegasi.png)")
     p.set_defaults(func=_cmd_sample)

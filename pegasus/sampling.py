@@ -90,10 +90,13 @@ def check_sampling_args(
 
 
 @torch.no_grad()
-def _sample_reference(prior: GatedPixelCNN, alpha: Tensor, noise: Tensor, temperature: float, top_k: int | None) -> Tensor:
+def _sample_reference(
+    prior: GatedPixelCNN, alpha: Tensor, noise: Tensor, temperature: float, top_k: int | None, rows: int | None = None
+) -> Tensor:
+    """rows: stop after this many rows (pegasus.bench_sampler times the slow naive loop that way)."""
     n, height, width, _ = noise.shape
     grid = torch.zeros(n, height, width, dtype=torch.int64, device=noise.device)
-    for i in range(height):
+    for i in range(height if rows is None else rows):
         for j in range(width):
             logits = prior(grid, alpha)[:, :, i, j]
             grid[:, i, j] = choose(logits, noise[:, i, j].to(logits.dtype), temperature, top_k)

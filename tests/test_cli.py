@@ -153,3 +153,28 @@ def test_bench_rejects_a_bad_shape(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "nearest-code", "--shape", "64x8"])
     assert "expected NxKxD with positive integers, got '64x8'" in capsys.readouterr().err
+
+
+def test_bench_sampler_records_and_the_scaled_reference():
+    from pegasus import bench_sampler
+
+    records, _ = bench_sampler.run([((3, 2), 2)], min_run_time=0.01, full_reference_up_to=4, reference_rows=1)
+    by_backend = {r.backend: r for r in records}
+    assert {"reference", "cached", "cpu"} <= set(by_backend)
+    ref = by_backend["reference"]
+    assert ref.reference_rows_timed == 1 and ref.speedup_vs_reference == 1.0  # 6 positions > 4: scaled from 1 row
+    assert by_backend["cached"].speedup_vs_cached == 1.0 and by_backend["cpu"].reference_rows_timed is None
+    for r in records:
+        assert r.op == "sample" and r.grid == "3x2" and r.batch == 2 and r.device == "cpu"
+        assert r.median_s > 0 and r.samples_per_s == pytest.approx(2 / r.median_s)
+        assert r.speedup_vs_reference == pytest.approx(ref.median_s / r.median_s)
+    lines = bench_sampler.to_json_lines(records).splitlines()
+    keys = {"op", "grid", "batch", "backend", "device", "median_s", "samples_per_s", "runs", "speedup_vs_reference",
+            "speedup_vs_cached", "reference_rows_timed"}
+    assert all(set(json.loads(line)) == keys for line in lines)
+    assert "| 3x2 | 2 | reference |" in bench_sampler.format_table(records)
+
+
+def test_bench_sampler_rejects_shape(capsys):
+    assert main(["bench", "sampler", "--shape", "64x8x4"]) == 1
+    assert "--shape is for nearest-code" in capsys.readouterr().err

@@ -250,8 +250,8 @@ def test_ctrl_c_stops_the_loop_between_rows(tmp_path):
         import sys, torch
         from pegasus import GatedPixelCNN
         from pegasus.sampling import gumbel_noise, sample_indices
-        prior = GatedPixelCNN(channels=32, layers=4).eval()
-        noise = gumbel_noise(16, (256, 24), 512, seed=0)  # minutes of sampling if never stopped
+        prior = GatedPixelCNN(codes=16, channels=256, layers=8).eval()
+        noise = gumbel_noise(16, (256, 24), 16, seed=0)  # ~1 minute of sampling if never stopped
         print("sampling", flush=True)
         try:
             sample_indices(prior, 16, noise=noise, backend="cpu")

@@ -4,6 +4,7 @@
 // residuals, the Gumbel-max choice and the gathers are plain loops over raw pointers, because at
 // one position of a batch of 1 to 64 the per-op overhead of ATen calls, not arithmetic, dominates.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "../sample_common.h"
+#include "small_gemm.h"
 
 namespace pegasus {
 namespace {
@@ -32,6 +34,30 @@ inline void gate(const T* a, const T* add, int64_t c, T* out) {
   }
 }
 
+// Below this many gated values (rows x C) the scalar loop wins: three ATen calls cost ~10 us, while
+// std::tanh/std::exp cost ~20 ns a value. Above it, ATen's vectorised tanh and sigmoid win: at a
+// 24x24 row of a batch of 16 (24,576 values a layer) the scalar gates took 8 of a row's 11 ms.
+constexpr int64_t kVectorGateMin = 1024;
+
+// out = tanh(a[..., :C]) * sigmoid(a[..., C:]) with ATen's vectorised kernels; out may be strided.
+void gate_aten(const at::Tensor& a, const at::Tensor& out, int64_t c) {
+  at::mul_out(const_cast<at::Tensor&>(out), at::tanh(a.narrow(-1, 0, c)), at::sigmoid(a.narrow(-1, c, c)));
+}
+
+// Up to 32 rows run inline: a parallel region costs more than it saves on these sizes, and blocks
+// the loop whenever the two cores are shared. Batch 64 splits in two.
+template <typename T>
+void small_gemm(const T* x, int64_t ldx, const T* w, const T* bias, int64_t ldb, T* out, int64_t m, int64_t k,
+                int64_t n) {
+  if (m <= 32) {
+    small_gemm_rows(x, ldx, w, bias, ldb, out, 0, m, k, n);
+    return;
+  }
+  at::parallel_for(0, m, 32, [&](int64_t begin, int64_t end) {
+    small_gemm_rows(x, ldx, w, bias, ldb, out, begin, end, k, n);
+  });
+}
+
 void sample_row_cpu(const at::Tensor& v_state, const at::Tensor& v2h_row, at::TensorList weights,
                     const at::Tensor& cond, int64_t row) {
   const PackedPrior p = check_weights(weights);
@@ -49,37 +75,46 @@ void sample_row_cpu(const at::Tensor& v_state, const at::Tensor& v2h_row, at::Te
     auto layer_in = [&](int64_t l, int64_t b, int64_t slot) {  // v_state[l, b, slot] -> [W+2h, C]
       return vs + ((l * batch + b) * ring + slot) * padded * c;
     };
-    std::vector<T> gated(c);
     for (int64_t l = 0; l < p.layers; ++l) {
       const at::Tensor& wv = weights[1 + 7 * l];
       const int64_t rows = wv.size(0) / (k * c);
-      // im2col of row `row`: for each (b, j), kernel rows r (ring slots of rows row-h+r) and
-      // columns j..j+2h of the padded row, which are k*C contiguous values.
-      at::Tensor patches = at::empty({batch * width, rows * k * c}, v_state.options());
-      T* pt = patches.data_ptr<T>();
-      for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t slot = ((row - h + r) % ring + ring) % ring;
-          const T* src = layer_in(l, b, slot);
-          for (int64_t j = 0; j < width; ++j) {
-            std::memcpy(pt + ((b * width + j) * rows + r) * k * c, src + j * c, sizeof(T) * k * c);
+      // The vertical convolution of row `row` as kernel-row products with no im2col copy: for
+      // sample b and kernel row r (ring slot of row row-h+r), the k*C inputs of output column j are
+      // the padded row's values j*C .. (j+k)*C, a matrix of W overlapping rows with stride C. Rows of
+      // the batch are split across threads; the first kernel row starts from the bias.
+      at::Tensor v_pre = at::empty({batch * width, 2 * c}, v_state.options());
+      T* vp_out = v_pre.data_ptr<T>();
+      const T* wv_p = wv.data_ptr<T>();
+      const T* bv_p = weights[2 + 7 * l].data_ptr<T>();
+      at::parallel_for(0, batch, 1, [&](int64_t b_begin, int64_t b_end) {
+        for (int64_t b = b_begin; b < b_end; ++b) {
+          T* out = vp_out + b * width * 2 * c;
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t slot = ((row - h + r) % ring + ring) % ring;
+            small_gemm_rows(layer_in(l, b, slot), c, wv_p + r * k * c * 2 * c, r == 0 ? bv_p : out,
+                            r == 0 ? 0 : 2 * c, out, 0, width, k * c, 2 * c);
           }
         }
-      }
-      at::Tensor v_pre = at::addmm(weights[2 + 7 * l], patches, wv);  // [B*W, 2C]
+      });
       at::Tensor v2h = v2h_row.select(0, l).view({batch * width, 2 * c});
-      at::addmm_out(v2h, weights[5 + 7 * l], v_pre, weights[4 + 7 * l]);
+      small_gemm<T>(vp_out, 2 * c, weights[4 + 7 * l].data_ptr<T>(), weights[5 + 7 * l].data_ptr<T>(), 0,
+                    v2h.data_ptr<T>(), batch * width, 2 * c, 2 * c);
       const T* vp = v_pre.data_ptr<T>();
       T* vh = v2h.data_ptr<T>();
+      const bool vector_gate = batch * width * c >= kVectorGateMin;
       for (int64_t b = 0; b < batch; ++b) {
         const T* add = cd + (l * batch + b) * 2 * c;
         for (int64_t j = 0; j < width; ++j) {
           T* out = vh + (b * width + j) * 2 * c;
           for (int64_t o = 0; o < 2 * c; ++o) out[o] += add[o];
-          if (l + 1 < p.layers) {  // the last layer's vertical stack feeds nothing
+          if (l + 1 < p.layers && !vector_gate) {  // the last layer's vertical stack feeds nothing
             gate(vp + (b * width + j) * 2 * c, add, c, layer_in(l + 1, b, here) + (h + j) * c);
           }
         }
+      }
+      if (l + 1 < p.layers && vector_gate) {
+        at::Tensor pre = v_pre.view({batch, width, 2 * c}) + cond.select(0, l).unsqueeze(1);
+        gate_aten(pre, v_state.select(0, l + 1).select(1, here).narrow(1, h, width), c);
       }
     }
   });
@@ -140,35 +175,40 @@ std::tuple<at::Tensor, at::Tensor> sample_position_cpu(const at::Tensor& v_state
     T* xs = x_state.data_ptr<T>();
     auto x_at = [&](int64_t l, int64_t b, int64_t j) { return xs + ((l * batch + b) * padded_x + j) * c; };
     at::Tensor u = at::empty({batch, c}, x_state.options());
-    at::Tensor skip = at::zeros({batch, c}, x_state.options());
-    at::Tensor out_skip = at::empty({batch, 2 * c}, x_state.options());
     at::Tensor h_pre = at::empty({batch, 2 * c}, x_state.options());
+    std::vector<T> skip(batch * c, T(0)), out_skip(batch * 2 * c), hidden(batch * c);
     T* up = u.data_ptr<T>();
-    T* sp = skip.data_ptr<T>();
-    const T* osp = out_skip.data_ptr<T>();
-    const T* hp = h_pre.data_ptr<T>();
+    T* hp = h_pre.data_ptr<T>();
+    const T* vh = v2h_row.data_ptr<T>();
+    auto w_at = [&](size_t i) { return weights[i].data_ptr<T>(); };
     for (int64_t l = 0; l < p.layers; ++l) {
-      const at::Tensor& wh = weights[3 + 7 * l];
-      const int64_t cols = wh.size(0) / c;
-      // Columns col-h .. col-h+cols-1 of layer l's input: [B, cols*C], row stride (W+h)*C.
-      at::Tensor x = x_state.select(0, l).narrow(1, col, cols).reshape({batch, cols * c});
-      at::addmm_out(h_pre, v2h_row.select(0, l).select(1, col), x, wh);
-      for (int64_t b = 0; b < batch; ++b) gate(hp + b * 2 * c, static_cast<const T*>(nullptr), c, up + b * c);
-      at::addmm_out(out_skip, weights[7 + 7 * l], u, weights[6 + 7 * l]);
+      const size_t base = 1 + 7 * static_cast<size_t>(l);
+      const int64_t cols = weights[base + 2].size(0) / c;
+      // h_pre = v2h_row[l, :, col] + (columns col-h .. col-h+cols-1 of layer l's input) @ wh.
+      small_gemm<T>(x_at(l, 0, col), padded_x * c, w_at(base + 2), vh + (l * batch * width + col) * 2 * c,
+                    width * 2 * c, hp, batch, cols * c, 2 * c);
+      if (batch * c >= kVectorGateMin) {
+        gate_aten(h_pre, u, c);
+      } else {
+        for (int64_t b = 0; b < batch; ++b) gate(hp + b * 2 * c, static_cast<const T*>(nullptr), c, up + b * c);
+      }
+      small_gemm<T>(up, c, w_at(base + 5), w_at(base + 6), 0, out_skip.data(), batch, c, 2 * c);
       for (int64_t b = 0; b < batch; ++b) {
-        const T* os = osp + b * 2 * c;
+        const T* os = out_skip.data() + b * 2 * c;
         if (l + 1 < p.layers) {
           T* next = x_at(l + 1, b, col + h);
           const T* res = x_at(l, b, col + h);  // the first layer has no residual (it would leak the code)
           for (int64_t i = 0; i < c; ++i) next[i] = l > 0 ? os[i] + res[i] : os[i];
         }
-        for (int64_t i = 0; i < c; ++i) sp[b * c + i] += os[c + i];
+        for (int64_t i = 0; i < c; ++i) skip[b * c + i] += os[c + i];
       }
     }
     const size_t head = 1 + 7 * static_cast<size_t>(p.layers);
-    skip.relu_();
-    at::Tensor hidden = at::addmm(weights[head + 1], skip, weights[head]).relu_();
-    logits = at::addmm(weights[head + 3], hidden, weights[head + 2]);  // [B, K]
+    for (T& v : skip) v = v < T(0) ? T(0) : v;  // relu that keeps NaN, as torch.relu does
+    small_gemm<T>(skip.data(), c, w_at(head), w_at(head + 1), 0, hidden.data(), batch, c, c);
+    for (T& v : hidden) v = v < T(0) ? T(0) : v;
+    logits = at::empty({batch, p.codes}, x_state.options());
+    small_gemm<T>(hidden.data(), c, w_at(head + 2), w_at(head + 3), 0, logits.data_ptr<T>(), batch, c, p.codes);
     const T* lp = logits.data_ptr<T>();
     const T* np = noise.data_ptr<T>();
     int64_t* cp = codes.data_ptr<int64_t>();

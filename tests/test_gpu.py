@@ -1,0 +1,70 @@
+"""The Triton kernels on a real GPU against the references (skipped without CUDA; CI has none, so
+these run on a lent GPU machine: see the README's development notes)."""
+import pytest
+import torch
+
+from pegasus import GatedPixelCNN, reference
+from pegasus.backend import resolve_backend
+from pegasus.ops import nearest_code
+from pegasus.sampling import gumbel_noise, resolve_sampler, sample_indices
+
+from .test_cached_sampling import random_prior
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.parametrize("n, k, d", [(1, 1, 1), (7, 3, 65), (4099, 513, 64), (36864, 512, 64), (1000, 1024, 256)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nearest_code_triton_matches_reference(n, k, d, dtype):
+    g = torch.Generator().manual_seed(n + k + d)
+    z = torch.randn(n, d, generator=g, dtype=dtype).to(CUDA)
+    codebook = torch.randn(k, d, generator=g, dtype=dtype).to(CUDA)
+    idx, dist = nearest_code(z, codebook, backend="triton")
+    ref_idx, ref_dist = reference.nearest_code(z, codebook)
+    torch.testing.assert_close(dist, ref_dist, rtol=1e-4, atol=1e-4)
+    differ = idx != ref_idx
+    if differ.any():  # only near-ties may pick another code: its distance must equal the minimum
+        chosen = (z[differ] - codebook[idx[differ]]).pow(2).sum(1)
+        torch.testing.assert_close(chosen, ref_dist[differ], rtol=1e-4, atol=1e-4)
+        assert differ.float().mean() < 1e-3
+
+
+def test_triton_is_the_default_on_cuda():
+    assert resolve_backend(None, CUDA, "nearest_code") == "triton"
+    assert resolve_sampler(None, random_prior(5, 1, 3, True, torch.float32).to(CUDA)) == "triton"
+
+
+@pytest.mark.parametrize(
+    "kernel, layers, grid, conditional", [(3, 1, (8, 8), True), (3, 4, (5, 7), False), (5, 3, (8, 8), True), (5, 2, (3, 1), False)]
+)
+def test_triton_sampler_same_grids_float64(kernel, layers, grid, conditional):
+    prior = random_prior(13, layers, kernel, conditional, torch.float64, seed=layers + kernel).to(CUDA)
+    for seed in range(2):
+        noise = gumbel_noise(3, grid, 13, seed=seed, dtype=torch.float64, device=CUDA)
+        kwargs = {"alpha": 0.4, "temperature": 0.8, "noise": noise}
+        ref = sample_indices(prior, 3, backend="reference", **kwargs)
+        assert torch.equal(sample_indices(prior, 3, backend="triton", **kwargs), ref)
+
+
+@pytest.mark.parametrize("grid, batch", [((8, 8), 16), ((24, 24), 2)])
+def test_triton_sampler_default_prior_float32(grid, batch):
+    """The trained configuration (64 channels, 8 layers, kernel 5, 512 codes): every position's
+    logits against a full pass over the sampled grid, and the grids against the reference's."""
+    torch.manual_seed(0)
+    prior = GatedPixelCNN().to(CUDA).eval()
+    noise = gumbel_noise(batch, grid, 512, seed=1, device=CUDA)
+    alpha = torch.full((batch,), 0.5, device=CUDA)
+    weights = prior.pack_for_sampling()
+    out, logits = torch.ops.pegasus.sample_loop(weights, prior.sampling_conditioning(alpha), noise, 1.0, 0, "triton", True)
+    with torch.no_grad():
+        full = prior(out, alpha).permute(0, 2, 3, 1)
+    torch.testing.assert_close(logits, full, atol=1e-4, rtol=0)
+    assert torch.equal(out, sample_indices(prior, batch, noise=noise, backend="reference"))
+
+
+def test_triton_sampler_top_k():
+    prior = random_prior(13, 2, 5, True, torch.float32, seed=4).to(CUDA)
+    noise = gumbel_noise(4, (5, 6), 13, seed=2, device=CUDA) * 3
+    ref = sample_indices(prior, 4, top_k=3, noise=noise, backend="reference")
+    assert torch.equal(sample_indices(prior, 4, top_k=3, noise=noise, backend="triton"), ref)
