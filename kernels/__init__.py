@@ -7,5 +7,5 @@ the "triton" backend is chosen, so `import pegasus` does not import Triton. On C
 launchers run only under TRITON_INTERPRET=1 (see `pegasus.backend`).
 """
 
-KERNELS: tuple[str, ...] = ("nearest_code",)
+KERNELS: tuple[str, ...] = ("nearest_code", "sample_row_triton", "sample_position_triton")
 """Names of the `pegasus::` ops that have a Triton kernel in this build."""

@@ -105,10 +105,13 @@ def nearest_code(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
     indices = torch.empty(n, dtype=torch.int64, device=z.device)
     min_sq_dist = torch.empty(n, dtype=acc, device=z.device)
     if n > 0:
-        grid = (triton.cdiv(n, _BLOCK_N),)
+        # Rows of more than 1 KiB (float64 at D=256) halve the tiles: 64 x 64 needed 394,752 bytes
+        # of shared memory on an H200, whose limit is 232,448.
+        block_n, block_k = (_BLOCK_N, _BLOCK_K) if block_d * centred.element_size() <= 1024 else (_BLOCK_N // 2, _BLOCK_K // 2)
+        grid = (triton.cdiv(n, block_n),)
         _nearest_code_kernel[grid](
             z, z.stride(0), z.stride(1), mean, centred, norms, indices, min_sq_dist, n, k, d,
-            BLOCK_N=_BLOCK_N, BLOCK_K=_BLOCK_K, BLOCK_D=block_d,
+            BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d,
         )
     return indices, min_sq_dist.to(z.dtype)
 
