@@ -31,6 +31,8 @@ setup(
     description="White winged horses from a VQ-VAE and a PixelCNN prior, with fast C++/Triton paths",
     packages=find_packages(include=["pegasus", "pegasus.*"]) + ["pegasus.kernels"],
     package_dir={"pegasus.kernels": "kernels"},
+    # The pretrained run (pegasus.pretrained(), `pegasus generate`): ~5 MB of float16 safetensors.
+    package_data={"pegasus": ["weights/*.safetensors", "weights/*.json"]},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.10",
@@ -45,7 +47,7 @@ setup(
     ],
     extras_require={
         # triton: CI runs the Triton kernels on CPU tensors in its interpreter (TRITON_INTERPRET=1).
-        "test": ["pytest", "triton"],
+        "test": ["pytest", "triton", "hypothesis"],
         "triton": ["triton"],
         "bench": ["pytest-benchmark", "faiss-cpu"],
     },

@@ -2,6 +2,7 @@
 from pegasus import ops
 from pegasus.backend import resolve_backend
 from pegasus.models import VQVAE, GatedPixelCNN, PixelCNNConfig, VectorQuantizer, VQVAEConfig
+from pegasus.pretrained import pretrained
 from pegasus.run import Run, load_run
 from pegasus.sampling import sample_indices
 
@@ -16,6 +17,7 @@ __all__ = [
     "VQVAEConfig",
     "VectorQuantizer",
     "load_run",
+    "pretrained",
     "sample_indices",
     "__version__",
 ]

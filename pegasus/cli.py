@@ -48,9 +48,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"pegasus {__version__}, torch {torch.__version__}")
     ext = "loaded" if _extension.has_cpp_ops() else f"NOT loaded: {_extension.cpp_load_error()}"
     print(f"C++ extension pegasus._C: {ext}")
-    print(f"Triton (nearest_code): {_triton_unavailable('nearest_code') or 'available'}")
+    from pegasus.models.pixelcnn import GatedPixelCNN
+    from pegasus.pretrained import WEIGHTS_DIR
+    from pegasus.sampling import resolve_sampler
+
+    print(f"Triton (nearest_code, sampler steps): {_triton_unavailable('nearest_code') or 'available'}")
     print(f"CUDA: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'not available'}")
-    print(f"default backend for CPU tensors: {resolve_backend(None, torch.device('cpu'), 'nearest_code')}")
+    print(f"default nearest_code backend for CPU tensors: {resolve_backend(None, torch.device('cpu'), 'nearest_code')}")
+    print(f"default sampler for a prior on the CPU: {resolve_sampler(None, GatedPixelCNN(codes=2, channels=2, layers=1))}")
+    shipped = "present" if (WEIGHTS_DIR / "prior.safetensors").is_file() else "MISSING"
+    print(f"pretrained weights ({WEIGHTS_DIR}): {shipped}")
     return 0
 
 
@@ -165,7 +172,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
 def _cmd_interpolate(args: argparse.Namespace) -> int:
     from pegasus.interpolate import DEFAULT_ALPHAS, interpolate
 
-    summary = interpolate(args.run, pairs=args.pairs, alphas=args.alphas or DEFAULT_ALPHAS, seed=args.seed)
+    summary = interpolate(args.run, pairs=args.pairs, alphas=args.alphas or DEFAULT_ALPHAS, seed=args.seed, mirror=args.mirror)
     print(json.dumps(summary))
     print(f"wrote {args.run}/: latents.safetensors interpolation.png")
     return 0
@@ -200,6 +207,19 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         seed=args.seed, backend=args.backend, best_of=args.best_of,
     )
     print(json.dumps(summary))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from pegasus.pretrained import pretrained
+    from pegasus.run import sample_to_png
+
+    summary = sample_to_png(
+        pretrained(), args.out, n=args.n, alpha=args.alpha, temperature=args.temperature, top_k=args.top_k,
+        seed=args.seed, backend=args.backend, best_of=args.best_of,
+    )
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()}))
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -299,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=_positive_int, help="a seeded random sample of this many pairs (default: all pairs)")
     p.add_argument("--alphas", type=float, nargs="+", help="interpolation weights in [0, 1] (default 0 0.1 ... 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair sample (default 0)")
+    p.add_argument("--mirror", action="store_true", help="also interpolate every pair mirrored left to right (twice the grids)")
     p.set_defaults(func=_cmd_interpolate)
 
     p = sub.add_parser(
@@ -340,6 +361,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best-of", type=_positive_int, metavar="M", help="sample M and keep the n whitest")
     p.add_argument("--out", help="PNG to write (default RUN_DIR/pegasi.png)")
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser(
+        "generate",
+        parents=[common],
+        help="sample pegasi from the weights shipped with pegasus (no data, no network, seconds on a CPU)",
+        description="Sample code grids from the pretrained prior shipped inside the package "
+        "(pegasus.pretrained(): trained on CIFAR-10) and decode them to a PNG grid of 32x32 images.",
+    )
+    p.add_argument("--n", type=_positive_int, default=64, help="images to write (default 64)")
+    p.add_argument("--alpha", type=float, default=0.5, help="0 = bird, 1 = horse (default 0.5)")
+    p.add_argument("--temperature", type=_positive_float, default=1.0, help="logits are divided by it (default 1.0)")
+    p.add_argument("--top-k", type=_positive_int, help="sample among the k most likely codes only")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Gumbel noise (default 0)")
+    p.add_argument("--backend", choices=["reference", "cached", "cpu", "triton"], help="sampler (default: the fastest available)")
+    p.add_argument("--best-of", type=_positive_int, metavar="M", help="sample M and keep the n whitest")
+    p.add_argument("--out", default="pegasi.png", help="PNG to write (default pegasi.png)")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser(
         "pipeline",

@@ -72,9 +72,12 @@ def interpolate(
     seed: int = 0,
     device: str | torch.device = "cpu",
     cache_dir: str | os.PathLike | None = None,
+    mirror: bool = False,
 ) -> dict[str, Any]:
     """Interpolate the picks of RUN_DIR/selection.json with the run's VQ-VAE; writes latents.safetensors
-    and interpolation.png. pairs: None for all bird x horse pairs, or a seeded sample of that many."""
+    and interpolation.png. pairs: None for all bird x horse pairs, or a seeded sample of that many.
+    mirror: also interpolate every pair mirrored left to right (bird and horse both), doubling the
+    grids; latents["mirrored"] marks them, and the prior holds a pair out with its mirror."""
     run_dir = Path(run_dir)
     alphas = check_alphas(alphas)
     record = read_selection(run_dir)
@@ -89,12 +92,20 @@ def interpolate(
     where = choose_pairs(len(birds.ids), len(horses.ids), pairs, seed)
     indices = interpolate_codes(model, z_b, z_h, where, alphas).cpu()
     ids = np.stack([np.asarray(birds.ids)[where[:, 0]], np.asarray(horses.ids)[where[:, 1]]], axis=1)
+    mirrored = torch.zeros(len(where), dtype=torch.bool)
+    if mirror:
+        with torch.no_grad():
+            zf_b, zf_h = model.encode(bird_x.flip(-1)), model.encode(horse_x.flip(-1))
+        indices = torch.cat([indices, interpolate_codes(model, zf_b, zf_h, where, alphas).cpu()])
+        ids = np.concatenate([ids, ids])
+        mirrored = torch.cat([mirrored, torch.ones(len(where), dtype=torch.bool)])
     tensors = {
         "indices": indices.contiguous(),
         "alphas": torch.tensor(alphas, dtype=torch.float32),
         "pairs": torch.from_numpy(ids).contiguous(),
+        "mirrored": mirrored,
     }
-    meta = {"data": record["data"], "split": record["split"], "seed": str(seed), "sampled_pairs": str(pairs)}
+    meta = {"data": record["data"], "split": record["split"], "seed": str(seed), "sampled_pairs": str(pairs), "mirror": str(mirror)}
     atomic_write_bytes(run_dir / LATENTS, save(tensors, metadata=meta))
 
     # Pairs spread evenly over the list, so the strips show different birds, not the first bird 8 times.
@@ -103,7 +114,7 @@ def interpolate(
         decoded = model.decode_indices(indices[shown].flatten(0, 1).to(device)).view(len(shown), len(alphas), *bird_x.shape[1:])
     strips = torch.cat([bird_x[where[shown, 0], None], decoded.clamp(0, 1), horse_x[where[shown, 1], None]], dim=1)
     save_grid(strips.flatten(0, 1), run_dir / STRIPS, nrow=len(alphas) + 2, scale=max(1, 64 // bird_x.shape[-1]))
-    return {"pairs": len(where), "alphas": alphas, "grid": list(indices.shape[-2:]), "grids": len(where) * len(alphas)}
+    return {"pairs": len(where), "mirror": mirror, "alphas": alphas, "grid": list(indices.shape[-2:]), "grids": int(indices.shape[0]) * len(alphas)}
 
 
 def load_run_vqvae(run_dir: Path, device: str | torch.device = "cpu") -> VQVAE:

@@ -69,14 +69,20 @@ class PriorData:
 
 
 def split_latents(latents: dict[str, Tensor], held_out: float, seed: int) -> PriorData:
-    """Hold out round(held_out * P) pairs (at least 1), chosen by `seed`, with all their alphas."""
+    """Hold out round(held_out * P) of the P distinct bird/horse pairs (at least 1), chosen by
+    `seed`, with all their alphas and their mirrored copies (`interpolate --mirror`): a pair seen
+    mirrored in training would make the held-out NLL look better than it is."""
     ind, alphas = latents["indices"], latents["alphas"].float()
-    p, a = ind.shape[:2]
+    ids = latents["pairs"].numpy() if "pairs" in latents else np.arange(ind.shape[0])[:, None]
+    _, group = np.unique(ids, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    p = int(group.max()) + 1
     if p < 2:
         raise TrainingError(f"latents.safetensors holds {p} bird/horse pair; the prior needs >= 2 to hold one out")
     n_held = min(p - 1, max(1, round(held_out * p)))
-    perm = torch.from_numpy(np.random.default_rng([seed, 1]).permutation(p))
-    held, train = perm[:n_held].sort().values, perm[n_held:].sort().values
+    is_held = np.isin(group, np.random.default_rng([seed, 1]).permutation(p)[:n_held])
+    held, train = torch.from_numpy(np.flatnonzero(is_held)), torch.from_numpy(np.flatnonzero(~is_held))
+
 
     def flat(rows: Tensor) -> tuple[Tensor, Tensor]:
         return ind[rows].flatten(0, 1), alphas.repeat(len(rows))

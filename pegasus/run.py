@@ -82,7 +82,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
 
 
 def sample_to_png(
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike | Run,
     out: str | os.PathLike,
     n: int = 64,
     alpha: float = 0.5,
@@ -93,12 +93,12 @@ def sample_to_png(
     best_of: int | None = None,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Sample `best_of` (default n) images from RUN_DIR, keep the n whitest, write them to `out` as
-    a PNG grid of 8 per row. Returns what was done and the time per sampling step (one position of
-    the whole batch)."""
+    """Sample `best_of` (default n) images from RUN_DIR (or a loaded Run), keep the n whitest, write
+    them to `out` as a PNG grid of 8 per row. Returns what was done and the time per sampling step
+    (one position of the whole batch)."""
     if best_of is not None and best_of < n:
         raise ValueError(f"best-of should be >= n ({n}), got {best_of}")
-    run = load_run(run_dir, device)
+    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir, device)
     t0 = time.perf_counter()
     grids = run.sample_indices(best_of or n, alpha, temperature, seed, top_k, backend=backend)
     seconds = time.perf_counter() - t0

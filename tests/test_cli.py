@@ -10,7 +10,7 @@ from PIL import Image
 
 from pegasus.cli import build_parser, main
 
-COMMANDS = ["data", "info", "train-vqvae", "select", "interpolate", "train-prior", "sample", "pipeline", "bench"]
+COMMANDS = ["data", "info", "train-vqvae", "select", "interpolate", "train-prior", "sample", "generate", "pipeline", "bench"]
 
 
 @pytest.mark.parametrize("argv", [["--help"]] + [[c, "--help"] for c in COMMANDS])
@@ -35,7 +35,7 @@ def test_data_describes(tiny_folder, capsys):
 def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "pegasus._C" in out and "default backend for CPU tensors" in out
+    assert "pegasus._C" in out and "default nearest_code backend for CPU tensors" in out and "default sampler" in out
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

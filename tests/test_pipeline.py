@@ -64,6 +64,26 @@ def test_pairs_sample_and_alphas(tiny_run, tmp_path):
         interpolate(run, alphas=[1.2])
 
 
+def test_mirror_doubles_the_grids_and_holds_out_a_pair_with_its_mirror(tiny_run, tmp_path):
+    from pegasus.prior import split_latents
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    summary = interpolate(run, pairs=6, alphas=[0.0, 1.0], seed=3, mirror=True)
+    lat = read_latents(run)
+    assert summary["grids"] == 24 and lat["indices"].shape == (12, 2, 4, 4)
+    assert lat["mirrored"].tolist() == [False] * 6 + [True] * 6
+    assert torch.equal(lat["pairs"][:6], lat["pairs"][6:])
+    with torch.no_grad():  # the mirrored copy of pair 0 at alpha 0 is the flipped bird's code grid
+        data_path = json.loads((run / "selection.json").read_text())["data"]
+        bird = images_to_tensor(load_dataset(data_path, "train").images[lat["pairs"][:1, 0].numpy()])
+        vqvae = pegasus.load_run(run).vqvae
+        expected = vqvae.quantize(vqvae.encode(bird.flip(-1)))
+    assert torch.equal(lat["indices"][6, 0], expected[0])
+    data = split_latents(lat, held_out=0.34, seed=0)  # 2 of the 6 distinct pairs, with their mirrors
+    assert data.held.shape[0] == 2 * 2 * 2 and data.train.shape[0] == 4 * 2 * 2
+
+
 def test_train_prior_resume_is_exact(tiny_run, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
@@ -119,3 +139,21 @@ def test_killed_pipeline_resumes_the_prior(tiny_folder, tiny_run, tmp_path):
     assert json.loads((run / "prior_eval.json").read_text()) == json.loads((tiny_run / "prior_eval.json").read_text())
     assert all(torch.equal(p, q) for p, q in zip(load_prior(run).parameters(), load_prior(tiny_run).parameters()))
     assert (run / "pegasi.png").read_bytes() == (tiny_run / "pegasi.png").read_bytes()
+
+
+def test_stl10_96x96_pipeline_gives_24x24_latents_and_samples(tmp_path):
+    """The 96x96 path end to end on a synthetic folder in the official stl10_binary format (STL-10
+    itself is not on these machines): 4x downsampling gives 24x24 code grids, sampled and decoded."""
+    from PIL import Image
+
+    from pegasus.data.synthetic import write_stl10_binary
+
+    data = write_stl10_binary(tmp_path / "data", n_train=60, n_test=10)
+    out = tmp_path / "run"
+    pipeline.run_pipeline(data, out, settings=TINY_PIPELINE, progress=False)
+    assert read_latents(out)["indices"].shape[-2:] == (24, 24)
+    run = pegasus.load_run(out)
+    assert run.prior.cfg.grid == (24, 24)
+    assert run.sample(2, seed=1).shape == (2, 3, 96, 96)
+    with Image.open(out / "pegasi.png") as png:
+        assert png.height >= 96 and png.width >= TINY_PIPELINE["samples"] * 96
