@@ -111,7 +111,6 @@ def test_select_interpolate_train_prior_sample(tiny_folder, tiny_run, tmp_path, 
 
     for argv, text in [
         (["--alpha", "1.5"], "alpha should be in [0, 1], got 1.5"),
-        (["--backend", "cpu"], "sampler backend 'cpu' is not implemented yet"),
         (["--n", "4", "--best-of", "2"], "best-of should be >= n (4), got 2"),
     ]:
         assert main(["sample", "--run", str(run), *argv]) == 1
