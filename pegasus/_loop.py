@@ -1,20 +1,33 @@
 """The training machinery the VQ-VAE and the prior share: run-directory settings with --resume
 rules, and a loop with a tqdm bar, metrics.jsonl, atomic checkpoints and a stop on a non-finite loss.
+
+Under torchrun (see pegasus._distributed) every rank runs the loop on its slice of each batch;
+the logged scalars are means over the ranks, and rank 0 alone writes metrics and checkpoints.
 """
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pegasus.checkpoint import atomic_write_text, save_checkpoint
+from pegasus._distributed import Dist
+from pegasus.checkpoint import (
+    atomic_write_text,
+    has_checkpoint,
+    previous_path,
+    read_run_config,
+    remove_stale_temps,
+    save_checkpoint,
+)
 
 
 class TrainingError(RuntimeError):
@@ -45,29 +58,47 @@ def run_settings(
     model_over: dict[str, Any],
     train_over: dict[str, Any],
     resume: bool,
+    world: int = 1,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model fields, train fields) to build a run's configs from.
 
     Fresh run: the fields asked for; `out` must not hold `checkpoint_name` yet. Resume: the fields
     saved under `model_key` and "train" in `out/config_name`; the asked ones must agree with them,
-    except `steps` (to train longer), which wins.
+    except `steps` (to train longer), which wins. `batch_size` is per process: resumed by `world`
+    processes instead of the saved "world_size", it is rescaled to keep the batch of a step.
     """
     ckpt_path, cfg_path = out / checkpoint_name, out / config_name
     if not resume:
-        if ckpt_path.exists():
+        if has_checkpoint(ckpt_path):
             raise TrainingError(
                 f"{out} already holds a run ({checkpoint_name}); pass --resume to continue it or choose another --out"
             )
         return model_over, train_over
-    if not ckpt_path.exists() or not cfg_path.exists():
+    if not has_checkpoint(ckpt_path) or not cfg_path.exists():
         raise TrainingError(f"--resume: {out} holds no {checkpoint_name} and {config_name} to resume from")
-    saved = json.loads(cfg_path.read_text())
-    saved_model, saved_train = saved[model_key], saved["train"]
+    saved = read_run_config(cfg_path, model_key)
+    saved_model, saved_train = saved[model_key], dict(saved["train"])
+    saved_world = saved.get("world_size", 1)
+    if world != saved_world:
+        per_step = saved_train["batch_size"] * saved_world
+        if per_step % world:
+            raise TrainingError(
+                f"--resume: {cfg_path} was trained by {saved_world} processes x batch {saved_train['batch_size']} "
+                f"= {per_step} per step, which {world} processes cannot share evenly; launch a number of processes that divides {per_step}"
+            )
+        saved_train["batch_size"] = per_step // world
     clash = {k: (saved_model[k], v) for k, v in model_over.items() if saved_model.get(k) != v}
     clash.update({k: (saved_train[k], v) for k, v in train_over.items() if k != "steps" and saved_train.get(k) != v})
     if clash:
         raise TrainingError(f"--resume can only change --steps; these differ from {cfg_path} (saved, asked): {clash}")
     return saved_model, {**saved_train, **train_over}
+
+
+def global_slice(batch: np.ndarray, dist: Dist) -> np.ndarray:
+    """This rank's share of a step's batch of world * B indices: the B from rank * B on. Every rank
+    draws the same batch from the same seed, so the ranks together see what one process would."""
+    b = len(batch) // dist.world
+    return batch[dist.rank * b : (dist.rank + 1) * b]
 
 
 def read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
@@ -98,42 +129,55 @@ def fit(
     unit: str,
     postfix: list[tuple[str, str, str]],
     progress: bool = True,
+    dist: Dist | None = None,
+    config: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Train from `step` to `cfg.steps`; returns (every metrics record up to the end, final step).
 
-    step_loss(step) -> ({"loss": scalar to minimise, other scalars to log}, items in the batch).
-    Records (step, the logged scalars, f"{unit}_per_s") go to metrics_path every cfg.log_every
-    steps; those after `step` (from a run that crashed past its last checkpoint) are dropped, as
-    those steps are trained again. postfix: (label, record key, format) shown on the bar.
+    step_loss(step) -> ({"loss": scalar to minimise, other scalars to log}, items in the batch of
+    this rank). Records (step, the logged scalars, f"{unit}_per_s") go to metrics_path every
+    cfg.log_every steps; those after `step` (from a run that crashed past its last checkpoint) are
+    dropped, as those steps are trained again. postfix: (label, record key, format) shown on the bar.
+    `model` is the module itself (not its DDP wrapper); checkpoints are stamped with `config`.
+    Under torchrun (`dist`) only rank 0 writes, and its records are the ones returned.
     """
-    records = read_metrics(metrics_path, step)
-    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+    dist = dist or Dist(torch.device("cpu"))
+    records: list[dict[str, Any]] = []
+    if dist.main:
+        records = read_metrics(metrics_path, step)
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+        # What a writer killed mid-write left behind (the files themselves are intact).
+        remove_stale_temps(checkpoint_path.parent, [checkpoint_path.name, previous_path(checkpoint_path).name, metrics_path.name])
     model.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc=desc, unit="step", disable=not (progress and dist.main), dynamic_ncols=True)
     last_ckpt = step if resumed else None
-    with metrics_path.open("a") as metrics_file:
+    with metrics_path.open("a") if dist.main else nullcontext() as metrics_file:
         while step < cfg.steps:
             t0 = time.perf_counter()
             parts, items = step_loss(step)
-            if not torch.isfinite(parts["loss"]):
+            # Means over the ranks: every rank takes the same decision on a non-finite loss.
+            values = dist.mean(torch.stack([v.detach().float() for v in parts.values()]))
+            logged = dict(zip(parts, values))
+            if not torch.isfinite(logged["loss"]):
                 where = f"{checkpoint_path} (step {last_ckpt})" if last_ckpt is not None else "none was written yet"
                 raise TrainingError(
-                    f"loss became {float(parts['loss'].detach())} at step {step + 1}; training stopped. Last good checkpoint: {where}"
+                    f"loss became {float(logged['loss'])} at step {step + 1}; training stopped. Last good checkpoint: {where}"
                 )
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()
             step += 1
-            rate = items / (time.perf_counter() - t0)
+            rate = items * dist.world / (time.perf_counter() - t0)
             bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                rec = {"step": step, **{k: float(v.detach()) for k, v in parts.items()}, f"{unit}_per_s": rate}
+            if dist.main and (step % cfg.log_every == 0 or step == cfg.steps):
+                rec = {"step": step, **{k: float(v) for k, v in logged.items()}, f"{unit}_per_s": rate}
                 metrics_file.write(json.dumps(rec) + "\n")
                 metrics_file.flush()
                 records.append(rec)
                 bar.set_postfix(**{label: f"{rec[key]:{fmt}}" for label, key, fmt in postfix})
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_checkpoint(checkpoint_path, model, optimizer, step)
+                if dist.main:
+                    save_checkpoint(checkpoint_path, model, optimizer, step, config=config)
                 last_ckpt = step
     bar.close()
     return records, step

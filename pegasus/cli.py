@@ -1,24 +1,53 @@
 """The `pegasus` command line: one console script with subcommands (also `python -m pegasus`).
 
-Errors caused by input (a bad data set, a run directory that does not fit, a wrong argument) are
-printed as one line and exit with status 1; `--debug` shows the traceback instead.
+Every error is one line on stderr, `pegasus: error: ...`, naming the argument or file at fault:
+input errors (a bad data set, a run directory that does not fit, a wrong value) exit with status 1,
+command-line syntax errors with status 2 (argparse's), and `--debug` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+_MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other error of the command line (argparse
+    prints the whole usage first, which for train-vqvae is 8 lines); the subcommands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("pegasus").strip()
+        self.exit(2, f"pegasus: error: {command + ': ' if command else ''}{message} (see `{self.prog} --help`)\n")
+
+
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
+
+
+def _seed(text: str) -> int:
+    value = _int_at_least(0, f"an integer in 0..{_MAX_SEED}")(text)
+    if value > _MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer in 0..{_MAX_SEED}, got {value}")
     return value
 
 
@@ -26,16 +55,35 @@ def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):  # --lr inf trained to NaN weights and exited 0
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {value}")
     return value
 
 
-def _cmd_data(args: argparse.Namespace) -> int:
-    from pegasus.data import describe
+def _run_dir(text: str) -> str:
+    """A run directory: it may not exist yet, but it may not be a file."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"expected a run directory, got {text!r}, which is a file")
+    return text
 
-    print(describe(args.path))
+
+def _png_file(text: str) -> str:
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"expected a PNG file to write, got {text!r}, which is a directory")
+    return text
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from pegasus.data import DatasetError, describe_splits
+
+    text, errors = describe_splits(args.path)
+    print(text)
+    if errors:
+        # Every command needs both splits (train-vqvae evaluates on test), so a broken one fails
+        # the check, after the summary of what did load.
+        split, error = next(iter(errors.items()))
+        raise DatasetError(f"{split} split: {error}") from error
     return 0
 
 
@@ -130,6 +178,13 @@ def _train_settings(args: argparse.Namespace, *extra: str) -> dict:
     return _given({name: getattr(args, name) for name in names})
 
 
+def _is_rank0() -> bool:
+    """False in the processes torchrun starts besides rank 0: they work, but print nothing."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _cmd_train_vqvae(args: argparse.Namespace) -> int:
     from pegasus.train import train_vqvae
 
@@ -145,6 +200,8 @@ def _cmd_train_vqvae(args: argparse.Namespace) -> int:
         resume=args.resume,
         backend=args.backend,
     )
+    if not _is_rank0():
+        return 0
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}/: vqvae.safetensors config.json eval.json reconstructions.png loss_curves.png metrics.jsonl")
     return 0
@@ -191,6 +248,8 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
         device=_device(args.device),
         resume=args.resume,
     )
+    if not _is_rank0():
+        return 0
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.run}/: prior.safetensors prior_config.json prior_eval.json prior_metrics.jsonl prior_loss_curves.png")
     return 0
@@ -230,15 +289,17 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     done = run_pipeline(args.data, args.out, quick=args.quick, log=lambda m: print(f"pipeline: {m}", file=sys.stderr))
+    if not _is_rank0():
+        return 0
     print(json.dumps({**done, "wall_s": round(time.perf_counter() - t0, 1)}))
     print(f"wrote {args.out}/pegasi.png")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pegasus",
         description="White winged horses from a VQ-VAE and an autoregressive prior over its latents.",
         parents=[common],
@@ -276,15 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
         "given take the defaults shown (or, with --resume, the values saved in RUN_DIR/config.json).",
     )
     p.add_argument("--data", required=True, help="data set path (see `pegasus data`)")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--out", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--steps", type=_positive_int, help="total optimizer steps (default 2000)")
-    p.add_argument("--batch-size", type=_positive_int, help="images per step (default 256)")
+    p.add_argument("--batch-size", type=_positive_int, help="images per step and process (default 256; N processes under torchrun: N x that per step)")
     p.add_argument("--lr", type=_positive_float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--codes", type=_positive_int, help="codebook size K (default 512)")
     p.add_argument("--dim", type=_positive_int, help="code dimension D (default 64)")
-    p.add_argument("--seed", type=int, help="seed of initialisation and batch order (default 0)")
+    p.add_argument("--seed", type=_seed, help="seed of initialisation and batch order (default 0)")
     p.add_argument("--no-ema", action="store_true", help="learn the codebook by gradient instead of EMA updates")
-    p.add_argument("--restart-after", type=int, help="re-seed codes unused for this many steps; 0 disables (default 2; raise it when a step holds few latents)")
+    p.add_argument("--restart-after", type=_non_negative_int, help="re-seed codes unused for this many steps; 0 disables (default 2; raise it when a step holds few latents)")
     p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default 250)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda when present")
     p.add_argument("--backend", choices=["reference", "cpu", "triton"], help="nearest-code backend (default: best available)")
@@ -299,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the centre minus those on the border; see pegasus.select) and keep the top ones, or the ids listed in "
         "files. Writes RUN_DIR/selection.json and RUN_DIR/selection.png.",
     )
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory to write into")
+    p.add_argument("--run", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory to write into")
     p.add_argument("--data", required=True, help="data set path (see `pegasus data`)")
     p.add_argument("--split", choices=["train", "test"], default="train", help="split to pick from (default train)")
     p.add_argument("--birds", type=_positive_int, help="number of birds to keep (default 24)")
@@ -315,10 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="For each bird/horse pair of RUN_DIR/selection.json and each alpha, quantise "
         "(1 - alpha) z_bird + alpha z_horse. Writes RUN_DIR/latents.safetensors and RUN_DIR/interpolation.png.",
     )
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory with vqvae.safetensors and selection.json")
+    p.add_argument("--run", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory with vqvae.safetensors and selection.json")
     p.add_argument("--pairs", type=_positive_int, help="a seeded random sample of this many pairs (default: all pairs)")
     p.add_argument("--alphas", type=float, nargs="+", help="interpolation weights in [0, 1] (default 0 0.1 ... 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the pair sample (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the pair sample (default 0)")
     p.add_argument("--mirror", action="store_true", help="also interpolate every pair mirrored left to right (twice the grids)")
     p.set_defaults(func=_cmd_interpolate)
 
@@ -329,16 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train pegasus.GatedPixelCNN on RUN_DIR/latents.safetensors, conditioned on alpha, with a "
         "held-out split of the pairs. Settings not given take the defaults shown (or, with --resume, the saved ones).",
     )
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory with latents.safetensors")
+    # --run-dir: under torchrun, whose parser takes --run for an abbreviation of its --run-path.
+    p.add_argument("--run", "--run-dir", dest="run", required=True, type=_run_dir, metavar="RUN_DIR",
+                   help="run directory with latents.safetensors (spell it --run-dir after torchrun)")
     p.add_argument("--steps", type=_positive_int, help="total optimizer steps (default 1500)")
-    p.add_argument("--batch-size", type=_positive_int, help="grids per step (default 64)")
+    p.add_argument("--batch-size", type=_positive_int, help="grids per step and process (default 64; N processes under torchrun: N x that per step)")
     p.add_argument("--lr", type=_positive_float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--channels", type=_positive_int, help="channels of each stack (default 64)")
     p.add_argument("--layers", type=_positive_int, help="gated layers (default 8)")
     p.add_argument("--kernel", type=_positive_int, help="odd kernel size (default 5)")
     p.add_argument("--unconditional", action="store_true", help="ignore alpha: an unconditional prior")
     p.add_argument("--held-out", type=_positive_float, help="share of the pairs held out for evaluation (default 0.1)")
-    p.add_argument("--seed", type=int, help="seed of initialisation, split and batch order (default 0)")
+    p.add_argument("--seed", type=_seed, help="seed of initialisation, split and batch order (default 0)")
     p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default 250)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda when present")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/prior_checkpoint.safetensors")
@@ -350,16 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample pegasi from the prior and decode them to a PNG grid",
         description="Sample code grids from RUN_DIR's prior (Gumbel-max, raster order) and decode them with its VQ-VAE.",
     )
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory with vqvae.safetensors and prior.safetensors")
+    p.add_argument("--run", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory with vqvae.safetensors and prior.safetensors")
     p.add_argument("--n", type=_positive_int, default=64, help="images to write (default 64)")
     p.add_argument("--alpha", type=float, default=0.5, help="0 = bird, 1 = horse (default 0.5)")
     p.add_argument("--temperature", type=_positive_float, default=1.0, help="logits are divided by it (default 1.0)")
     p.add_argument("--top-k", type=_positive_int, help="sample among the k most likely codes only")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Gumbel noise (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the Gumbel noise (default 0)")
     p.add_argument("--backend", choices=["reference", "cached", "cpu", "triton"], help="sampler (same grids for the same seed): reference (naive), cached (Python loop), cpu (C++ loop), "
                    "triton (C++ loop, Triton kernels on CUDA); default: the fastest available")
     p.add_argument("--best-of", type=_positive_int, metavar="M", help="sample M and keep the n whitest")
-    p.add_argument("--out", help="PNG to write (default RUN_DIR/pegasi.png)")
+    p.add_argument("--out", type=_png_file, help="PNG to write (default RUN_DIR/pegasi.png)")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
@@ -373,10 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="0 = bird, 1 = horse (default 0.5)")
     p.add_argument("--temperature", type=_positive_float, default=1.0, help="logits are divided by it (default 1.0)")
     p.add_argument("--top-k", type=_positive_int, help="sample among the k most likely codes only")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Gumbel noise (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the Gumbel noise (default 0)")
     p.add_argument("--backend", choices=["reference", "cached", "cpu", "triton"], help="sampler (default: the fastest available)")
     p.add_argument("--best-of", type=_positive_int, metavar="M", help="sample M and keep the n whitest")
-    p.add_argument("--out", default="pegasi.png", help="PNG to write (default pegasi.png)")
+    p.add_argument("--out", type=_png_file, default="pegasi.png", help="PNG to write (default pegasi.png)")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser(
@@ -386,10 +449,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every step into RUN_DIR, skipping those whose outputs exist, so a killed pipeline resumes.",
     )
     p.add_argument("--data", required=True, help="data set path (see `pegasus data`)")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--out", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--quick", action="store_true", help="tiny settings that finish in a few minutes on a CPU")
     p.set_defaults(func=_cmd_pipeline)
     return parser
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars an exception left open (the training loops close theirs only when they
+    finish), so that the error starts its own line instead of trailing the bar's."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -398,19 +470,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("pegasus: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the CLI's boundary: one line, not a traceback
+        _close_progress_bars()
         if args.debug:
             traceback.print_exc()
-        else:
-            print(f"pegasus: error: {e}", file=sys.stderr)
-            from pegasus.checkpoint import CheckpointError
-            from pegasus.data import DatasetError
-            from pegasus.train import TrainingError
+            return 1
+        from pegasus.checkpoint import CheckpointError
+        from pegasus.data import DatasetError
+        from pegasus.train import TrainingError
 
-            if not isinstance(e, (DatasetError, CheckpointError, TrainingError, ValueError, OSError, RuntimeError)):
-                print(f"pegasus: ({type(e).__name__}; run with --debug for the traceback)", file=sys.stderr)
+        message = " ".join(str(e).split()) or repr(e)  # one line, even for multi-line messages
+        if not isinstance(e, (DatasetError, CheckpointError, TrainingError, ValueError, OSError, RuntimeError)):
+            message = f"{type(e).__name__}: {message} (unexpected; run with --debug for the traceback)"
+        print(f"pegasus: error: {message}", file=sys.stderr)
         return 1
 
 

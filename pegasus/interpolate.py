@@ -134,4 +134,18 @@ def read_latents(run_dir: str | os.PathLike) -> dict[str, Tensor]:
     ind, al = tensors.get("indices"), tensors.get("alphas")
     if ind is None or al is None or ind.dim() != 4 or al.shape != (ind.shape[1],):
         raise CheckpointError(f"{path}: expected indices [P, A, h, w] and alphas [A], got {json.dumps({k: list(v.shape) for k, v in tensors.items()})}")
+    if ind.dtype != torch.int64:
+        raise CheckpointError(f"{path}: indices should be int64 code grids, got {ind.dtype}")
+    codes = _run_codes(Path(run_dir))
+    if ind.numel() and (int(ind.min()) < 0 or (codes is not None and int(ind.max()) >= codes)):
+        bad = int(ind.min()) if int(ind.min()) < 0 else int(ind.max())
+        raise CheckpointError(f"{path}: holds code {bad}, outside the VQ-VAE's 0..{(codes or 1) - 1} (config.json)")
     return tensors
+
+
+def _run_codes(run_dir: Path) -> int | None:
+    """K of the run's VQ-VAE from RUN_DIR/config.json, or None when there is none to read."""
+    try:
+        return int(json.loads((run_dir / CONFIG).read_text())["vqvae"]["codes"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None

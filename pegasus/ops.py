@@ -59,6 +59,10 @@ if _extension.has_cpp_ops():
         return noise.new_empty(batch, height, width, dtype=torch.int64), logits
 
 
+# The dtypes every backend runs (the C++ kernel dispatches these four; float8 has no promotion).
+_NEAREST_CODE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def _check_nearest_code_inputs(z: Tensor, codebook: Tensor) -> None:
     if z.dim() != 2:
         raise ValueError(f"nearest_code: z should be a 2-D tensor [N, D], got shape {tuple(z.shape)}")
@@ -72,10 +76,10 @@ def _check_nearest_code_inputs(z: Tensor, codebook: Tensor) -> None:
         raise ValueError(
             f"nearest_code: z is {tuple(z.shape)} and codebook is {tuple(codebook.shape)}: D differs"
         )
-    if not z.dtype.is_floating_point or z.dtype != codebook.dtype:
+    if z.dtype not in _NEAREST_CODE_DTYPES or z.dtype != codebook.dtype:
         raise ValueError(
             "nearest_code: z and codebook should share one floating dtype, got "
-            f"{z.dtype} and {codebook.dtype}"
+            f"{z.dtype} and {codebook.dtype} (supported: float16, bfloat16, float32, float64)"
         )
     if z.device != codebook.device:
         raise ValueError(f"nearest_code: z is on {z.device} but codebook is on {codebook.device}")
@@ -89,16 +93,22 @@ def nearest_code(z: Tensor, codebook: Tensor, backend: str | None = None) -> tup
     Not differentiable: quantisers use the indices and look the codes up themselves.
     backend: None | "reference" | "cpu" | "triton" (see `pegasus.backend.resolve_backend`); all
     centre both inputs on the codebook mean, so float32 stays exact under a large shared offset.
+    Ties go to the lowest index. Rows whose distances may not be finite (a NaN or inf in the row or
+    in the codebook, or magnitudes near the square root of the largest float32 / float64: see
+    `pegasus.reference.overflow_rows`) get index 0 and distance NaN on every backend.
     """
     _check_nearest_code_inputs(z, codebook)
     name = resolve_backend(backend, z.device, "nearest_code")
     if name == "reference":
         return reference.nearest_code(z, codebook)
     if name == "triton":
-        from pegasus.kernels import nearest_code as triton_kernel  # registers the CUDA kernel
+        # Importing the kernel module registers the CUDA kernel.
+        from pegasus.kernels import nearest_code as triton_kernel
 
         if z.device.type == "cpu":
             # Only under TRITON_INTERPRET=1 (resolve_backend checked): the dispatcher would send
             # CPU tensors to the C++ kernel, so the Triton launcher is called directly.
-            return triton_kernel.nearest_code(z, codebook)
-    return torch.ops.pegasus.nearest_code(z, codebook)
+            return reference.settle_overflow_rows(z, codebook, *triton_kernel.nearest_code(z, codebook))
+    # The kernels skip NaN distances and add ||z||^2 to the winner only, so an inf row comes out
+    # as distance inf here and NaN on the reference: settle those rows the same way everywhere.
+    return reference.settle_overflow_rows(z, codebook, *torch.ops.pegasus.nearest_code(z, codebook))

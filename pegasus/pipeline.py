@@ -3,6 +3,9 @@
 A step is skipped when all its output files exist (every file is written atomically, so an
 existing file is a complete one); a training step that left a checkpoint but no final weights is
 resumed. So a killed pipeline, run again with the same arguments, picks up where it stopped.
+
+Under torchrun the two training steps run on every process (DistributedDataParallel); rank 0
+alone decides what to skip and runs the other steps while the rest wait.
 """
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pegasus._distributed import distributed
+from pegasus.checkpoint import has_checkpoint
 from pegasus.data import load_dataset
 from pegasus.interpolate import LATENTS, STRIPS, interpolate
 from pegasus.prior import PRIOR_CHECKPOINT, PRIOR_EVAL, PRIOR_WEIGHTS, train_prior
@@ -46,28 +51,34 @@ def run_pipeline(
     out = Path(out)
     cfg = settings if settings is not None else (QUICK if quick else FULL)
     done: dict[str, str] = {}
+    with distributed(device) as dist:
 
-    def step(name: str, outputs: list[str], action: Callable[[], object]) -> None:
-        if all((out / f).is_file() for f in outputs):
-            log(f"{name}: skipped, {', '.join(outputs)} exist")
-            done[name] = "skipped"
-            return
-        log(f"{name}: running")
-        action()
-        done[name] = "ran"
+        def step(name: str, outputs: list[str], action: Callable[[], object], every_rank: bool = False) -> None:
+            if dist.on_main(lambda: all((out / f).is_file() for f in outputs)):
+                if dist.main:
+                    log(f"{name}: skipped, {', '.join(outputs)} exist")
+                done[name] = "skipped"
+                return
+            if dist.main:
+                log(f"{name}: running")
+            if every_rank:
+                action()
+            else:
+                dist.on_main(action)
+            done[name] = "ran"
 
-    step("train-vqvae", [WEIGHTS, EVAL, "reconstructions.png"], lambda: train_vqvae(
-        data, out, model_cfg=cfg["vqvae"], train_cfg=cfg["vqvae_train"], device=device,
-        resume=(out / CHECKPOINT).is_file(), progress=progress))
+        step("train-vqvae", [WEIGHTS, EVAL, "reconstructions.png"], lambda: train_vqvae(
+            data, out, model_cfg=cfg["vqvae"], train_cfg=cfg["vqvae_train"], device=dist.device,
+            resume=dist.on_main(lambda: has_checkpoint(out / CHECKPOINT)), progress=progress), every_rank=True)
 
-    def select() -> None:
-        ds = load_dataset(data, "train")
-        write_selection(out, ds, "train", select_white(ds))
+        def select() -> None:
+            ds = load_dataset(data, "train")
+            write_selection(out, ds, "train", select_white(ds))
 
-    step("select", [SELECTION, CONTACT_SHEET], select)
-    step("interpolate", [LATENTS, STRIPS], lambda: interpolate(out, device=device))
-    step("train-prior", [PRIOR_WEIGHTS, PRIOR_EVAL], lambda: train_prior(
-        out, prior_cfg=cfg["prior"], train_cfg=cfg["prior_train"], device=device,
-        resume=(out / PRIOR_CHECKPOINT).is_file(), progress=progress))
-    step("sample", [SAMPLES], lambda: sample_to_png(out, out / SAMPLES, n=cfg["samples"], device=device))
+        step("select", [SELECTION, CONTACT_SHEET], select)
+        step("interpolate", [LATENTS, STRIPS], lambda: interpolate(out, device=dist.device))
+        step("train-prior", [PRIOR_WEIGHTS, PRIOR_EVAL], lambda: train_prior(
+            out, prior_cfg=cfg["prior"], train_cfg=cfg["prior_train"], device=dist.device,
+            resume=dist.on_main(lambda: has_checkpoint(out / PRIOR_CHECKPOINT)), progress=progress), every_rank=True)
+        step("sample", [SAMPLES], lambda: sample_to_png(out, out / SAMPLES, n=cfg["samples"], device=dist.device))
     return done

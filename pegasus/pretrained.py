@@ -56,7 +56,7 @@ def export_run(run_dir: str | os.PathLike, dest: str | os.PathLike = WEIGHTS_DIR
             tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
         data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={"source": str(run_dir.name), "dtype": "float16" if half else "float32"})
         atomic_write_bytes(dest / name, data)
-    for name, keep in ((CONFIG, ("vqvae", "train", "data")), (PRIOR_CONFIG, ("prior", "train", "latents"))):
+    for name, keep in ((CONFIG, ("format", "pegasus", "vqvae", "train", "data")), (PRIOR_CONFIG, ("format", "pegasus", "prior", "train", "latents"))):
         config = json.loads((run_dir / name).read_text())
         atomic_write_text(dest / name, json.dumps({k: config[k] for k in keep if k in config}, indent=2) + "\n")
     for name in (EVAL, PRIOR_EVAL, SELECTION):

@@ -1,8 +1,10 @@
 """Training the GatedPixelCNN prior on the interpolated code grids of a run directory.
 
 Reads RUN_DIR/latents.safetensors (`pegasus interpolate`) and writes
-  prior_config.json            prior, training and data settings (written first; --resume reads it)
-  prior_checkpoint.safetensors model, Adam state, step and RNG state, rewritten atomically
+  prior_config.json            prior, training and data settings, format stamp and number of
+                               processes (written first; --resume reads it)
+  prior_checkpoint.safetensors model, Adam state, step and RNG state, rewritten atomically;
+                               prior_checkpoint.prev.safetensors holds the one before
   prior_metrics.jsonl          one record every log_every steps: loss (nats), bits, grids_per_s
   prior.safetensors            final weights
   prior_eval.json              NLL in nats and bits per position on the held-out and training grids
@@ -10,6 +12,9 @@ Reads RUN_DIR/latents.safetensors (`pegasus interpolate`) and writes
 
 The held-out split is by pair: a seeded `held_out` share of the bird/horse pairs, every alpha of
 them, so the held-out NLL measures grids of pairs the prior never saw.
+
+Under torchrun each of the N processes trains on its own batch_size grids of a step's N x
+batch_size; rank 0 reads the run directory for all of them and alone writes to it.
 """
 from __future__ import annotations
 
@@ -23,10 +28,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
-from pegasus._loop import TrainConfig, TrainingError, fit, run_settings
-from pegasus.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_weights, save_weights
+from pegasus._distributed import Dist, distributed
+from pegasus._loop import TrainConfig, TrainingError, fit, global_slice, run_settings
+from pegasus.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    load_weights,
+    read_checkpoint,
+    read_run_config,
+    save_weights,
+    stamp,
+)
 from pegasus.images import save_loss_curves
 from pegasus.interpolate import read_latents
 from pegasus.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
@@ -83,17 +99,17 @@ def split_latents(latents: dict[str, Tensor], held_out: float, seed: int) -> Pri
     is_held = np.isin(group, np.random.default_rng([seed, 1]).permutation(p)[:n_held])
     held, train = torch.from_numpy(np.flatnonzero(is_held)), torch.from_numpy(np.flatnonzero(~is_held))
 
-
     def flat(rows: Tensor) -> tuple[Tensor, Tensor]:
         return ind[rows].flatten(0, 1), alphas.repeat(len(rows))
 
     return PriorData(*flat(train), *flat(held))
 
 
-def _cross_entropy(prior: GatedPixelCNN, grids: Tensor, alphas: Tensor) -> Tensor:
-    """Mean NLL in nats per position of grids Tensor[B, h, w] under the prior."""
+def _cross_entropy(prior: GatedPixelCNN, grids: Tensor, alphas: Tensor, net: nn.Module | None = None) -> Tensor:
+    """Mean NLL in nats per position of grids Tensor[B, h, w] under the prior (run as `net`, its
+    DDP wrapper, when given)."""
     alpha = alphas if prior.cfg.conditional else None
-    return F.cross_entropy(prior(grids, alpha), grids)
+    return F.cross_entropy((prior if net is None else net)(grids, alpha), grids)
 
 
 @torch.no_grad()
@@ -121,60 +137,91 @@ def train_prior(
 
     prior_cfg / train_cfg: configs, or dicts of the fields to change from the defaults (codes and
     grid always come from the latents). With resume=True training continues from
-    prior_checkpoint.safetensors with the saved settings; only `steps` may change.
+    prior_checkpoint.safetensors (or, if unreadable, the previous one) with the saved settings;
+    only `steps` may change. Under torchrun this runs with DistributedDataParallel, `batch_size`
+    grids per process.
     """
-    out = Path(run_dir)
-    device = torch.device(device)
+    with distributed(device) as dist:
+        return _train_prior(Path(run_dir), prior_cfg, train_cfg, dist, resume, progress)
+
+
+def _read_inputs(out: Path) -> tuple[dict[str, Tensor], int]:
     latents = read_latents(out)
-    try:
-        codes = int(json.loads((out / CONFIG).read_text())["vqvae"]["codes"])
-    except (OSError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{out / CONFIG}: cannot read the VQ-VAE's number of codes ({e}); run `pegasus train-vqvae --out {out}` first") from e
+    if not (out / CONFIG).is_file():
+        raise CheckpointError(f"{out / CONFIG} is missing: run `pegasus train-vqvae --out {out}` first")
+    fields = read_run_config(out / CONFIG, "vqvae")["vqvae"]
+    if not isinstance(fields.get("codes"), int):
+        raise CheckpointError(f"{out / CONFIG}: expected an integer vqvae.codes, found {fields.get('codes')!r}")
+    return latents, fields["codes"]
+
+
+def _train_prior(
+    out: Path,
+    prior_cfg: PixelCNNConfig | dict[str, Any] | None,
+    train_cfg: PriorTrainConfig | dict[str, Any] | None,
+    dist: Dist,
+    resume: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    device = dist.device
+    latents, codes = dist.on_main(lambda: _read_inputs(out))
     grid = list(latents["indices"].shape[-2:])
 
     model_over = prior_cfg.to_dict() if isinstance(prior_cfg, PixelCNNConfig) else dict(prior_cfg or {})
     train_over = dict(train_cfg.__dict__) if isinstance(train_cfg, PriorTrainConfig) else dict(train_cfg or {})
-    model_fields, train_fields = run_settings(out, PRIOR_CONFIG, PRIOR_CHECKPOINT, "prior", model_over, train_over, resume)
+    model_fields, train_fields = dist.on_main(
+        lambda: run_settings(out, PRIOR_CONFIG, PRIOR_CHECKPOINT, "prior", model_over, train_over, resume, dist.world)
+    )
     cfg = PixelCNNConfig(**{**model_fields, "codes": codes, "grid": grid})
     tcfg = PriorTrainConfig(**train_fields)
     data = split_latents(latents, tcfg.held_out, tcfg.seed)
     info = {"pairs": int(latents["indices"].shape[0]), "alphas": [round(a, 6) for a in latents["alphas"].tolist()],
             "train_grids": len(data.train), "heldout_grids": len(data.held)}
-    atomic_write_text(out / PRIOR_CONFIG, json.dumps({"prior": cfg.to_dict(), "train": tcfg.__dict__, "latents": info}, indent=2))
+    config = stamp({"prior": cfg.to_dict(), "train": tcfg.__dict__, "latents": info, "world_size": dist.world})
+    dist.on_main(lambda: atomic_write_text(out / PRIOR_CONFIG, json.dumps(config, indent=2)))
 
     torch.manual_seed(tcfg.seed)
     prior = GatedPixelCNN(cfg).to(device)
     optimizer = torch.optim.Adam(prior.parameters(), lr=tcfg.lr)
     step = 0
-    if resume:
-        step, _ = load_checkpoint(out / PRIOR_CHECKPOINT, prior, optimizer, map_location=device)
+    if resume:  # rank 0 reads the file; every rank loads the same bytes
+        used, blob = dist.on_main(lambda: read_checkpoint(out / PRIOR_CHECKPOINT))
+        step, _ = load_checkpoint(used, prior, optimizer, map_location=device, data=blob, config=cfg.to_dict())
+    # static_graph: the last layer's `out` conv feeds nothing (only its skip does); its grads stay
+    # None on every rank, as in one process, and DDP checks for that once instead of every step.
+    trained = DistributedDataParallel(prior, static_graph=True) if dist.active else prior
 
     def step_loss(s: int) -> tuple[dict[str, Tensor], int]:
-        idx = torch.from_numpy(batch_indices(len(data.train), tcfg.batch_size, s, tcfg.seed))
-        loss = _cross_entropy(prior, data.train[idx].to(device), data.train_alpha[idx].to(device))
+        batch = batch_indices(len(data.train), tcfg.batch_size * dist.world, s, tcfg.seed)
+        idx = torch.from_numpy(global_slice(batch, dist))
+        loss = _cross_entropy(prior, data.train[idx].to(device), data.train_alpha[idx].to(device), trained)
         return {"loss": loss, "bits": loss.detach() / math.log(2)}, len(idx)
 
     records, step = fit(
         prior, optimizer, step_loss, tcfg, out / PRIOR_CHECKPOINT, out / PRIOR_METRICS, step, resume,
-        desc="train-prior", unit="grids", progress=progress,
+        desc="train-prior", unit="grids", progress=progress, dist=dist, config=cfg.to_dict(),
         postfix=[("nats", "loss", ".3f"), ("bits", "bits", ".2f"), ("grids_s", "grids_per_s", ".0f")],
     )
-    save_weights(out / PRIOR_WEIGHTS, prior, metadata={"config": json.dumps(cfg.to_dict())})
-    held = evaluate_prior(prior, data.held, data.held_alpha)
-    train = evaluate_prior(prior, data.train, data.train_alpha)
-    summary = {
-        "heldout_nll_nats": held["nll_nats"],
-        "heldout_bits_per_position": held["bits_per_position"],
-        "train_nll_nats": train["nll_nats"],
-        "train_bits_per_position": train["bits_per_position"],
-        "uniform_bits_per_position": math.log2(codes),
-        **info,
-        "steps": step,
-    }
-    atomic_write_text(out / PRIOR_EVAL, json.dumps(summary, indent=2))
-    if records:
-        save_loss_curves(records, out / PRIOR_CURVES, {"loss": "train cross-entropy (nats / position)"})
-    return summary
+
+    def finish() -> dict[str, Any]:
+        save_weights(out / PRIOR_WEIGHTS, prior, metadata={"config": json.dumps(cfg.to_dict())})
+        held = evaluate_prior(prior, data.held, data.held_alpha)
+        train = evaluate_prior(prior, data.train, data.train_alpha)
+        summary = {
+            "heldout_nll_nats": held["nll_nats"],
+            "heldout_bits_per_position": held["bits_per_position"],
+            "train_nll_nats": train["nll_nats"],
+            "train_bits_per_position": train["bits_per_position"],
+            "uniform_bits_per_position": math.log2(codes),
+            **info,
+            "steps": step,
+        }
+        atomic_write_text(out / PRIOR_EVAL, json.dumps(summary, indent=2))
+        if records:
+            save_loss_curves(records, out / PRIOR_CURVES, {"loss": "train cross-entropy (nats / position)"})
+        return summary
+
+    return dist.on_main(finish)
 
 
 def load_prior(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> GatedPixelCNN:
@@ -183,10 +230,11 @@ def load_prior(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -
     for name in (PRIOR_CONFIG, PRIOR_WEIGHTS):
         if not (run_dir / name).is_file():
             raise CheckpointError(f"{run_dir / name} is missing: run `pegasus train-prior --run {run_dir}` first")
+    fields = read_run_config(run_dir / PRIOR_CONFIG, "prior")["prior"]
     try:
-        cfg = PixelCNNConfig(**json.loads((run_dir / PRIOR_CONFIG).read_text())["prior"])
-    except (KeyError, TypeError, ValueError) as e:
+        cfg = PixelCNNConfig(**fields)
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"{run_dir / PRIOR_CONFIG}: cannot read the prior config ({e})") from e
     prior = GatedPixelCNN(cfg)
-    load_weights(run_dir / PRIOR_WEIGHTS, prior)
+    load_weights(run_dir / PRIOR_WEIGHTS, prior, config=cfg.to_dict())
     return prior.to(device).eval()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pegasus.checkpoint import CheckpointError
 from pegasus.images import save_grid, to_uint8
 from pegasus.interpolate import load_run_vqvae
 from pegasus.models import VQVAE
@@ -78,7 +79,13 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     """The VQ-VAE and the prior of RUN_DIR. A missing file raises CheckpointError naming it and
     the command that makes it."""
     run_dir = Path(run_dir)
-    return Run(run_dir, load_run_vqvae(run_dir, device), load_prior(run_dir, device))
+    vqvae, prior = load_run_vqvae(run_dir, device), load_prior(run_dir, device)
+    if prior.cfg.codes != vqvae.cfg.codes:
+        raise CheckpointError(
+            f"{run_dir}: the prior models {prior.cfg.codes} codes (prior_config.json) but the VQ-VAE has "
+            f"{vqvae.cfg.codes} codes (config.json): they come from different runs"
+        )
+    return Run(run_dir, vqvae, prior)
 
 
 def sample_to_png(

@@ -70,23 +70,53 @@ def check_sampling_args(
     top_k: int | None,
     noise: Tensor | None,
 ) -> tuple[int, int]:
-    """Validate the arguments every backend shares; returns the grid (H, W) to sample."""
+    """Validate the arguments every backend shares; returns the grid (H, W) to sample.
+
+    Refused up front, because the backends would answer differently: NaN or inf in the prior's
+    parameters (the reference multiplies masked-out weights and not-yet-sampled positions by zero,
+    which turns them into NaN; the C++ and Triton steps never read them), and a temperature that
+    rounds to 0 or inf in the prior's dtype. NaN and inf in `noise` are allowed and give the same
+    grid on every backend: +inf forces a code, -inf forbids it, and a NaN score wins (the first
+    one, as torch.argmax)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n should be an integer >= 1, got {n!r}")
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha should be in [0, 1], got {alpha}")
     if not float(temperature) > 0 or not math.isfinite(float(temperature)):
         raise ValueError(f"temperature should be a finite number > 0, got {temperature}")
+    dtype = next(prior.parameters()).dtype
+    t = torch.tensor(float(temperature), dtype=dtype).item()
+    if t == 0 or math.isinf(t):
+        info = torch.finfo(dtype)
+        raise ValueError(
+            f"temperature should be a finite number > 0 in the prior's dtype {dtype} "
+            f"({info.smallest_normal * info.eps:.3g} .. {info.max:.3g}), got {temperature}, which rounds to {t}"
+        )
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k should be an integer >= 1 or None, got {top_k!r}")
+    _check_finite_prior(prior)
     if noise is None:
         return prior.cfg.grid
     k = prior.cfg.codes
     if noise.dim() != 4 or noise.shape[0] != n or noise.shape[3] != k:
         raise ValueError(f"noise should be Gumbel noise [n={n}, H, W, K={k}], got {tuple(noise.shape)}")
+    if noise.shape[1] < 1 or noise.shape[2] < 1:
+        raise ValueError(f"noise should have a grid of H, W >= 1, got {tuple(noise.shape)}")
     if not noise.is_floating_point():
         raise ValueError(f"noise should be a floating-point tensor, got {noise.dtype}")
     return int(noise.shape[1]), int(noise.shape[2])
+
+
+def _check_finite_prior(prior: GatedPixelCNN) -> None:
+    """ValueError naming the first parameter of `prior` holding a NaN or inf (one sync in all)."""
+    params = list(prior.named_parameters())
+    finite = torch.stack([torch.isfinite(p).all() for _, p in params]).cpu()
+    if not finite.all():
+        bad = [name for (name, _), ok in zip(params, finite.tolist()) if not ok]
+        raise ValueError(
+            f"prior should have finite parameters, got NaN or inf in {', '.join(bad[:3])}"
+            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        )
 
 
 @torch.no_grad()

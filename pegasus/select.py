@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 
 from pegasus.checkpoint import atomic_write_text
 from pegasus.data import ImageDataset
+from pegasus.data._dataset import SPLITS
 from pegasus.images import make_grid, save_png
 
 SELECTION, CONTACT_SHEET = "selection.json", "selection.png"
@@ -104,7 +105,7 @@ def read_ids(path: str | os.PathLike) -> list[int]:
     path = Path(path)
     try:
         text = path.read_text()
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise SelectionError(f"{path}: cannot read the ids file ({e})") from e
     tokens = [t for line in text.splitlines() for t in line.split("#")[0].replace(",", " ").split()]
     try:
@@ -168,9 +169,19 @@ def read_selection(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise SelectionError(f"{path} is missing: run `pegasus select --run {run_dir} --data PATH` first")
     try:
         record = json.loads(path.read_text())
-    except ValueError as e:
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise SelectionError(f"{path}: not a JSON file ({e})") from e
+    if not isinstance(record, dict):
+        raise SelectionError(f"{path}: not a selection file, expected a JSON object, got {type(record).__name__}")
     missing = [k for k in ("data", "split", "birds", "horses") if k not in record]
     if missing:
         raise SelectionError(f"{path}: not a selection file, it lacks {missing}")
+    if not isinstance(record["data"], str):
+        raise SelectionError(f"{path}: \"data\" should be the data set's path, got {record['data']!r}")
+    if record["split"] not in SPLITS:
+        raise SelectionError(f"{path}: \"split\" should be one of {', '.join(SPLITS)}, got {record['split']!r}")
+    for key in ("birds", "horses"):
+        ids = record[key].get("ids") if isinstance(record[key], dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise SelectionError(f"{path}: \"{key}\" should be {{\"ids\": [integer, ...]}}, got {json.dumps(record[key])[:80]}")
     return record

@@ -1,13 +1,18 @@
 """VQ-VAE training: resumable, checkpointed, with metrics, reconstructions and loss curves.
 
 A run directory holds:
-  config.json            model, data and training settings (written first; --resume reads it)
-  checkpoint.safetensors model + optimizer + step + RNG, rewritten atomically every N steps
+  config.json            model, data and training settings, format stamp and number of processes
+                         (written first; --resume reads it)
+  checkpoint.safetensors model + optimizer + step + RNG, rewritten atomically every N steps;
+                         checkpoint.prev.safetensors holds the one before
   metrics.jsonl          one JSON record per logged step
   vqvae.safetensors      final weights (parameters and EMA buffers)
   eval.json              test-split MSE on [0, 1] pixels, perplexity, codes in use
   reconstructions.png    test originals (odd rows) over their reconstructions (even rows)
   loss_curves.png        loss, reconstruction MSE and perplexity against step
+
+Under torchrun each of the N processes trains on its own batch_size images of a step's N x
+batch_size (pegasus._distributed); rank 0 alone writes the run directory.
 """
 from __future__ import annotations
 
@@ -19,9 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
-from pegasus._loop import TrainConfig, TrainingError, fit, run_settings
-from pegasus.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_weights, save_weights
+from pegasus._distributed import Dist, distributed
+from pegasus._loop import TrainConfig, TrainingError, fit, global_slice, run_settings
+from pegasus.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    load_weights,
+    read_checkpoint,
+    read_run_config,
+    save_weights,
+    stamp,
+)
 from pegasus.data import ImageDataset, load_dataset
 from pegasus.images import save_grid, save_loss_curves
 from pegasus.models.quantizer import code_perplexity
@@ -129,71 +145,104 @@ def train_vqvae(
     """Train a VQ-VAE on the train split of `data`, writing the run directory `out`.
 
     `model_cfg` / `train_cfg` are configs, or dicts of the fields to change from the defaults.
-    With `resume=True` the run continues from `out/checkpoint.safetensors` with the settings saved
-    in `out/config.json`; the given fields must agree with them, except `steps` (to train longer).
-    Returns the evaluation summary (also written to eval.json).
+    With `resume=True` the run continues from `out/checkpoint.safetensors` (or, if that one is
+    unreadable, checkpoint.prev.safetensors) with the settings saved in `out/config.json`; the
+    given fields must agree with them, except `steps` (to train longer). Under torchrun this
+    runs with DistributedDataParallel, `batch_size` images per process. Returns the evaluation
+    summary (also written to eval.json), on every rank.
     """
     out = Path(out)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda was asked for, but torch sees no CUDA device")
-    ckpt_path, cfg_path = out / CHECKPOINT, out / CONFIG
+    with distributed(device) as dist:
+        return _train_vqvae(data, out, model_cfg, train_cfg, dist, resume, backend, progress, cache_dir)
 
+
+def _train_vqvae(
+    data: str | os.PathLike,
+    out: Path,
+    model_cfg: VQVAEConfig | dict[str, Any] | None,
+    train_cfg: TrainConfig | dict[str, Any] | None,
+    dist: Dist,
+    resume: bool,
+    backend: str | None,
+    progress: bool,
+    cache_dir: str | os.PathLike | None,
+) -> dict[str, Any]:
+    device = dist.device
+    ckpt_path, cfg_path = out / CHECKPOINT, out / CONFIG
     model_over = model_cfg.to_dict() if isinstance(model_cfg, VQVAEConfig) else dict(model_cfg or {})
     train_over = dict(train_cfg.__dict__) if isinstance(train_cfg, TrainConfig) else dict(train_cfg or {})
-    model_fields, train_fields = run_settings(out, CONFIG, CHECKPOINT, "vqvae", model_over, train_over, resume)
+    model_fields, train_fields = dist.on_main(
+        lambda: run_settings(out, CONFIG, CHECKPOINT, "vqvae", model_over, train_over, resume, dist.world)
+    )
     model_cfg, train_cfg = VQVAEConfig(**model_fields), TrainConfig(**train_fields)
 
-    train_ds = load_dataset(data, "train", cache_dir=cache_dir)
-    test_ds = load_dataset(data, "test", cache_dir=cache_dir)
+    with dist.node_first():  # one process per node decodes into the cache
+        train_ds = load_dataset(data, "train", cache_dir=cache_dir)
+        test_ds = load_dataset(data, "test", cache_dir=cache_dir)
     h, w = train_ds.image_size
     if h % model_cfg.downsample or w % model_cfg.downsample:
         raise TrainingError(f"{data}: images are {h}x{w}, not multiples of the downsampling factor {model_cfg.downsample}")
-    config = {"vqvae": model_cfg.to_dict(), "train": train_cfg.__dict__, "data": _dataset_info(train_ds)}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cfg_path, json.dumps(config, indent=2))
+    config = stamp({"vqvae": model_cfg.to_dict(), "train": train_cfg.__dict__, "data": _dataset_info(train_ds), "world_size": dist.world})
+
+    def write_config() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg_path, json.dumps(config, indent=2))
+
+    dist.on_main(write_config)
 
     torch.manual_seed(train_cfg.seed)
     model = VQVAE(model_cfg, backend=backend).to(device)
+    model.quantizer.sync = dist.active
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=train_cfg.lr)
     step = 0
-    if resume:
-        step, _ = load_checkpoint(ckpt_path, model, optimizer, map_location=device)
+    if resume:  # rank 0 reads the file; every rank loads the same bytes
+        used, blob = dist.on_main(lambda: read_checkpoint(ckpt_path))
+        step, _ = load_checkpoint(used, model, optimizer, map_location=device, data=blob, config=model_cfg.to_dict())
     variance = data_variance(train_ds.images)
+    # The codebook's EMA buffers are kept equal by the quantizer itself (sync), not re-broadcast.
+    trained = DistributedDataParallel(model, forward_sync_buffers=False) if dist.active else model
 
     def step_loss(s: int) -> tuple[dict[str, Tensor], int]:
-        idx = np.sort(batch_indices(len(train_ds), train_cfg.batch_size, s, train_cfg.seed))
-        return _loss(model, images_to_tensor(train_ds.images[idx], device), variance), len(idx)
+        batch = np.sort(batch_indices(len(train_ds), train_cfg.batch_size * dist.world, s, train_cfg.seed))
+        idx = global_slice(batch, dist)
+        return _loss(trained, images_to_tensor(train_ds.images[idx], device), variance), len(idx)
 
     records, step = fit(
         model, optimizer, step_loss, train_cfg, ckpt_path, out / METRICS, step, resume,
-        desc="train-vqvae", unit="images", progress=progress,
+        desc="train-vqvae", unit="images", progress=progress, dist=dist, config=model_cfg.to_dict(),
         postfix=[("loss", "loss", ".3f"), ("mse", "mse", ".4f"), ("ppl", "perplexity", ".0f"), ("img_s", "images_per_s", ".0f")],
     )
 
-    save_weights(out / WEIGHTS, model, metadata={"config": json.dumps(model_cfg.to_dict())})
-    summary = evaluate(model, test_ds.images, device)
-    summary["steps"] = step
-    atomic_write_text(out / EVAL, json.dumps(summary, indent=2))
-    # 32 test images spread over the split (image folders list it class by class).
-    spread = np.linspace(0, len(test_ds) - 1, min(32, len(test_ds))).astype(np.int64)
-    save_reconstructions(model, test_ds.images[spread], out / "reconstructions.png")
-    if records:
-        save_loss_curves(
-            records,
-            out / "loss_curves.png",
-            {"loss": "loss (MSE/var + commitment)", "mse": "reconstruction MSE", "perplexity": "code perplexity"},
-        )
-    return summary
+    def finish() -> dict[str, Any]:
+        save_weights(out / WEIGHTS, model, metadata={"config": json.dumps(model_cfg.to_dict())})
+        summary = evaluate(model, test_ds.images, device)
+        summary["steps"] = step
+        atomic_write_text(out / EVAL, json.dumps(summary, indent=2))
+        # 32 test images spread over the split (image folders list it class by class).
+        spread = np.linspace(0, len(test_ds) - 1, min(32, len(test_ds))).astype(np.int64)
+        save_reconstructions(model, test_ds.images[spread], out / "reconstructions.png")
+        if records:
+            save_loss_curves(
+                records,
+                out / "loss_curves.png",
+                {"loss": "loss (MSE/var + commitment)", "mse": "reconstruction MSE", "perplexity": "code perplexity"},
+            )
+        return summary
+
+    return dist.on_main(finish)
 
 
 def load_vqvae(run_dir: str | os.PathLike, device: str | torch.device = "cpu", backend: str | None = None) -> VQVAE:
     """The trained VQ-VAE of a run directory, in eval mode."""
     run_dir = Path(run_dir)
+    fields = read_run_config(run_dir / CONFIG, "vqvae")["vqvae"]
     try:
-        cfg = VQVAEConfig(**json.loads((run_dir / CONFIG).read_text())["vqvae"])
-    except (OSError, KeyError, TypeError, ValueError) as e:
+        cfg = VQVAEConfig(**fields)
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"{run_dir / CONFIG}: cannot read the VQ-VAE config ({e})") from e
     model = VQVAE(cfg, backend=backend)
-    load_weights(run_dir / WEIGHTS, model)
+    load_weights(run_dir / WEIGHTS, model, config=cfg.to_dict())
     return model.to(device).eval()

@@ -7,6 +7,6 @@ batches), STL-10 (binary) and image folders (directories or tar archives).
 """
 
 from ._dataset import DatasetError, ImageDataset
-from ._load import describe, load_dataset
+from ._load import describe, describe_splits, load_dataset
 
-__all__ = ["DatasetError", "ImageDataset", "describe", "load_dataset"]
+__all__ = ["DatasetError", "ImageDataset", "describe", "describe_splits", "load_dataset"]

@@ -141,22 +141,24 @@ def _decode(
     labels = np.array([label for label, _, _ in items], dtype=np.int64)
     images = None
     first = ""
-    for i, (_, name, file) in enumerate(tqdm(items, desc=desc, unit="img", disable=None)):
-        try:
-            with Image.open(file if isinstance(file, Path) else io.BytesIO(file)) as im:
-                pixels = np.asarray(im.convert("RGB"))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise DatasetError(
-                f"{name}: expected a readable PNG/JPEG image, got {type(e).__name__}: {e}"
-            ) from e
-        if images is None:
-            images, first = np.empty((len(items), *pixels.shape), dtype=np.uint8), name
-        elif pixels.shape != images.shape[1:]:
-            raise DatasetError(
-                f"images of mixed sizes in one split: {first} is {_wxh(images.shape)}, "
-                f"{name} is {_wxh(pixels.shape)}; expected every image to match the first"
-            )
-        images[i] = pixels
+    # The bar is closed on errors too, so that the error message starts its own line.
+    with tqdm(items, desc=desc, unit="img", disable=None) as bar:
+        for i, (_, name, file) in enumerate(bar):
+            try:
+                with Image.open(file if isinstance(file, Path) else io.BytesIO(file)) as im:
+                    pixels = np.asarray(im.convert("RGB"))
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                raise DatasetError(
+                    f"{name}: expected a readable PNG/JPEG image, got {type(e).__name__}: {e}"
+                ) from e
+            if images is None:
+                images, first = np.empty((len(items), *pixels.shape), dtype=np.uint8), name
+            elif pixels.shape != images.shape[1:]:
+                raise DatasetError(
+                    f"images of mixed sizes in one split: {first} is {_wxh(images.shape)}, "
+                    f"{name} is {_wxh(pixels.shape)}; expected every image to match the first"
+                )
+            images[i] = pixels
     return images, labels, list(classes)
 
 

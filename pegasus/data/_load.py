@@ -125,14 +125,25 @@ def describe(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None
     A split that fails to load is reported with its error; if none loads, the first error
     is raised.
     """
+    text, errors = describe_splits(path, cache_dir)
+    if len(errors) == len(SPLITS):
+        raise next(iter(errors.values()))
+    return text
+
+
+def describe_splits(
+    path: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+) -> tuple[str, dict[str, DatasetError]]:
+    """``describe``'s summary and the error of every split that failed to load, by split
+    (`pegasus data` fails on any). Raises DatasetError when no data set is recognised."""
     fmt, source = detect_format(path)
     lines = [f"{source}", f"format: {fmt}"]
-    errors = []
+    errors = {}
     for split in SPLITS:
         try:
             ds = load_dataset(source, split, cache_dir)
         except DatasetError as e:
-            errors.append(e)
+            errors[split] = e
             lines.append(f"{split}: unavailable ({e})")
             continue
         h, w = ds.image_size
@@ -140,6 +151,4 @@ def describe(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None
         lines.append(f"{split}: {len(ds):,} images, {w}x{h}, {len(counts)} classes")
         width = max(map(len, counts), default=0)
         lines += [f"  {name:<{width}}  {n:>7,}" for name, n in counts.items()]
-    if len(errors) == len(SPLITS):
-        raise errors[0]
-    return "\n".join(lines)
+    return "\n".join(lines), errors

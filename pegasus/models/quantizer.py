@@ -5,12 +5,17 @@ chosen. Options: EMA codebook updates (decay 0.99, Laplace smoothing) and dead-c
 Codes are initialised from the first training batch's encoder outputs, and codes unused for
 `restart_after` training steps are re-seeded from the current batch: the zalando notebook's EMA
 quantiser maps every latent to one code for its first ~450 updates; this one starts spread out.
+
+Under DistributedDataParallel set `sync = True`: each training step then sums the code counts and
+EMA embedding sums over the ranks before the update, and draws (re)seeded codes on rank 0 from all
+ranks' vectors, so every rank keeps the codebook one process would have on the whole batch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as tdist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -66,6 +71,7 @@ class VectorQuantizer(nn.Module):
         self.ema, self.decay, self.eps = ema, decay, eps
         self.restart_after = restart_after
         self.backend = backend
+        self.sync = False  # set by the trainer under DDP: see the module docstring
         self.embedding = nn.Parameter(torch.empty(codes, dim).uniform_(-1 / codes, 1 / codes), requires_grad=not ema)
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.register_buffer("steps_unused", torch.zeros(codes, dtype=torch.int64))
@@ -97,10 +103,12 @@ class VectorQuantizer(nn.Module):
             z = z_e.to(compute)
             flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim)
             if self.training and not bool(self.initialized):
-                self._init_from(flat.detach())
+                self._init_from(self._gathered(flat.detach()))
             codebook = self.embedding.to(compute)
             indices, _ = nearest_code(flat.detach(), codebook.detach(), backend=self.backend)
             counts = torch.bincount(indices, minlength=self.codes)
+            if self.training and self.sync:  # the whole batch's counts: EMA, dead codes, logged perplexity
+                tdist.all_reduce(counts)
             q = F.embedding(indices, codebook)
             if self.training:  # after the lookup: this batch is quantised with the codes it was assigned
                 self._update_codebook(flat.detach(), indices, counts)
@@ -116,6 +124,15 @@ class VectorQuantizer(nn.Module):
                 perplexity=code_perplexity(counts),
                 usage=(counts > 0).float().mean(),
             )
+
+    def _gathered(self, flat: Tensor) -> Tensor:
+        """Every rank's rows of flat: Tensor[M, D], in rank order -> Tensor[world * M, D] (flat
+        itself unless syncing; the ranks' batches are the same size)."""
+        if not self.sync:
+            return flat
+        parts = [torch.empty_like(flat) for _ in range(tdist.get_world_size())]
+        tdist.all_gather(parts, flat.contiguous())
+        return torch.cat(parts)
 
     def _random_rows(self, flat: Tensor, n: int) -> Tensor:
         # With fewer vectors than codes, repeat them with a little noise so the copies can separate.
@@ -134,6 +151,8 @@ class VectorQuantizer(nn.Module):
     def _reseed(self, which: Tensor, flat: Tensor) -> None:
         n = int(which.sum())
         rows = self._random_rows(flat, n)
+        if self.sync:  # the ranks' RNGs agree, but rank 0's draw is the one that counts
+            tdist.broadcast(rows, 0)
         self.embedding.data[which] = rows.to(self.embedding.dtype)
         self.steps_unused[which] = 0
         if self.ema:
@@ -144,6 +163,8 @@ class VectorQuantizer(nn.Module):
     def _update_codebook(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
         if self.ema:
             sums = torch.zeros_like(self.ema_sum).index_add_(0, indices, flat.to(self.ema_sum.dtype))
+            if self.sync:
+                tdist.all_reduce(sums)
             self.ema_count.mul_(self.decay).add_(counts.float(), alpha=1 - self.decay)
             self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
             total = self.ema_count.sum()
@@ -153,4 +174,4 @@ class VectorQuantizer(nn.Module):
         if self.restart_after > 0:
             dead = self.steps_unused >= self.restart_after
             if bool(dead.any()):
-                self._reseed(dead, flat)
+                self._reseed(dead, self._gathered(flat))
