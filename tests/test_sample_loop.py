@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from pegasus import reference
+from pegasus import GatedPixelCNN, reference
 from pegasus.backend import _triton_unavailable
 from pegasus.sampling import gumbel_noise, resolve_sampler, sample_indices
 
@@ -84,12 +84,26 @@ def test_logits_and_grids_float32(backend, kernel, layers, conditional):
         assert torch.equal(out, sample_indices(prior, 4, alpha=0.4, noise=noise, backend="reference"))
 
 
-def test_steps_match_reference_ops_and_cached_logits():
-    """The C++ step kernels leave the same state as the reference step ops, position by position."""
-    prior = random_prior(11, 3, 5, True, torch.float64, seed=3)
-    noise = gumbel_noise(2, (4, 6), 11, seed=4, dtype=torch.float64)
+@pytest.mark.parametrize(
+    "channels, codes, batch, dtype, atol",
+    [
+        (6, 11, 2, torch.float64, 1e-12),  # 2C = 12: one 8-wide double block and a scalar tail of 4
+        (20, 37, 5, torch.float32, 1e-5),  # 2C = 40: 16-wide blocks and a tail of 8; 4-row blocks and a tail of 1
+        (20, 37, 5, torch.float64, 1e-12),  # 8-wide double blocks
+        (64, 512, 9, torch.float32, 1e-4),  # the trained configuration's widths
+    ],
+)
+def test_steps_match_reference_ops(channels, codes, batch, dtype, atol):
+    """The C++ step kernels (and the register-blocked GEMMs inside them, csrc/cpu/small_gemm*) leave
+    the same state as the reference step ops, position by position."""
+    torch.manual_seed(channels + batch)
+    prior = GatedPixelCNN(codes=codes, channels=channels, layers=3, kernel=5).to(dtype).eval()
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.normal_(0, 1 / channels**0.5)
+    noise = gumbel_noise(batch, (4, 6), codes, seed=4, dtype=dtype)
     weights, cond = loop_inputs(prior, noise, 0.7)
-    ref_state = reference.new_sampling_state(weights, 2, 4, 6)
+    ref_state = reference.new_sampling_state(weights, batch, 4, 6)
     cpu_state = [t.clone() for t in ref_state]
     for i in range(4):
         reference.sample_row(ref_state[0], ref_state[2], weights, cond, i)
@@ -100,9 +114,9 @@ def test_steps_match_reference_ops_and_cached_logits():
             ref = reference.sample_position(ref_state[0], ref_state[1], ref_state[2], weights, noise[:, i, j], 0.9, 0, i, j)
             got = torch.ops.pegasus.sample_position(cpu_state[0], cpu_state[1], cpu_state[2], weights, noise[:, i, j], 0.9, 0, i, j)
             assert torch.equal(got[0], ref[0])
-            torch.testing.assert_close(got[1], ref[1], atol=1e-12, rtol=0)
+            torch.testing.assert_close(got[1], ref[1], atol=atol, rtol=0)
             for a, b in zip(cpu_state, ref_state):
-                torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+                torch.testing.assert_close(a, b, atol=atol, rtol=0)
 
 
 def opcheck_samples():
@@ -134,8 +148,6 @@ def test_opcheck(name, args):
 def test_default_prior_config_float32(backend):
     """The configuration the package trains (64 channels, 8 layers, kernel 5, 512 codes) at 3x2."""
     torch.manual_seed(0)
-    from pegasus import GatedPixelCNN
-
     prior = GatedPixelCNN().eval()
     noise = gumbel_noise(2, (3, 2), 512, seed=0)
     ref = sample_indices(prior, 2, noise=noise, backend="reference")
@@ -217,8 +229,6 @@ def test_bad_input_raises_before_any_work(small, call, match):
 def test_gil_is_released_while_sampling():
     """Another Python thread keeps running while the C++ loop samples: the loop runs without the
     GIL (holding it, the other thread would be stopped for the whole call)."""
-    from pegasus import GatedPixelCNN
-
     torch.manual_seed(0)
     prior = GatedPixelCNN(channels=32, layers=4).eval()
     noise = gumbel_noise(4, (16, 16), 512, seed=0)
