@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib.util import find_spec
+from typing import Any
 
 import torch
 
@@ -199,6 +200,7 @@ def format_table(records: Sequence[Record]) -> str:
     return "\n".join(lines)
 
 
-def to_json_lines(records: Sequence[Record]) -> str:
-    """One JSON record per line: op, n, k, d, backend, device, median_s, peak_bytes, ratios."""
+def to_json_lines(records: Sequence[Any]) -> str:
+    """One JSON object per line, the fields of each record (a dataclass: this module's Record, or
+    pegasus.bench_sampler's)."""
     return "".join(json.dumps(asdict(r)) + "\n" for r in records)

@@ -13,17 +13,16 @@ same for every row. Such records say so in `reference_rows_timed`.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from pegasus.bench import device_name
+from pegasus.bench import device_name, to_json_lines
 
-__all__ = ["FULL_CASES", "QUICK_CASES", "Record", "available_backends", "format_table", "run"]
+__all__ = ["FULL_CASES", "QUICK_CASES", "Record", "available_backends", "format_table", "run", "to_json_lines"]
 
 FULL_CASES: tuple[tuple[tuple[int, int], int], ...] = tuple(
     (grid, batch) for grid in ((8, 8), (24, 24)) for batch in (1, 16, 64)
@@ -161,11 +160,6 @@ def format_table(records: Sequence[Record]) -> str:
             f"{ratio(r.speedup_vs_reference)} | {ratio(r.speedup_vs_cached)} |"
         )
     return "\n".join(lines)
-
-
-def to_json_lines(records: Sequence[Record]) -> str:
-    """One JSON record per line."""
-    return "".join(json.dumps(asdict(r)) + "\n" for r in records)
 
 
 def header(device: str) -> str:

@@ -407,38 +407,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/prior_checkpoint.safetensors")
     p.set_defaults(func=_cmd_train_prior)
 
+    # The sampling options `sample` and `generate` share.
+    sampling = argparse.ArgumentParser(add_help=False)
+    sampling.add_argument("--n", type=_positive_int, default=64, help="images to write (default 64)")
+    sampling.add_argument("--alpha", type=float, default=0.5, help="0 = bird, 1 = horse (default 0.5)")
+    sampling.add_argument("--temperature", type=_positive_float, default=1.0, help="logits are divided by it (default 1.0)")
+    sampling.add_argument("--top-k", type=_positive_int, help="sample among the k most likely codes only")
+    sampling.add_argument("--seed", type=_seed, default=0, help="seed of the Gumbel noise (default 0)")
+    sampling.add_argument("--backend", choices=["reference", "cached", "cpu", "triton"], help="sampler (same grids for the same seed): reference (naive), cached (Python loop), cpu (C++ loop), "
+                          "triton (C++ loop, Triton kernels on CUDA); default: the fastest available")
+    sampling.add_argument("--best-of", type=_positive_int, metavar="M", help="sample M and keep the n whitest")
+
     p = sub.add_parser(
         "sample",
-        parents=[common],
+        parents=[common, sampling],
         help="sample pegasi from the prior and decode them to a PNG grid",
         description="Sample code grids from RUN_DIR's prior (Gumbel-max, raster order) and decode them with its VQ-VAE.",
     )
     p.add_argument("--run", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory with vqvae.safetensors and prior.safetensors")
-    p.add_argument("--n", type=_positive_int, default=64, help="images to write (default 64)")
-    p.add_argument("--alpha", type=float, default=0.5, help="0 = bird, 1 = horse (default 0.5)")
-    p.add_argument("--temperature", type=_positive_float, default=1.0, help="logits are divided by it (default 1.0)")
-    p.add_argument("--top-k", type=_positive_int, help="sample among the k most likely codes only")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the Gumbel noise (default 0)")
-    p.add_argument("--backend", choices=["reference", "cached", "cpu", "triton"], help="sampler (same grids for the same seed): reference (naive), cached (Python loop), cpu (C++ loop), "
-                   "triton (C++ loop, Triton kernels on CUDA); default: the fastest available")
-    p.add_argument("--best-of", type=_positive_int, metavar="M", help="sample M and keep the n whitest")
     p.add_argument("--out", type=_png_file, help="PNG to write (default RUN_DIR/pegasi.png)")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
         "generate",
-        parents=[common],
+        parents=[common, sampling],
         help="sample pegasi from the weights shipped with pegasus (no data, no network, seconds on a CPU)",
         description="Sample code grids from the pretrained prior shipped inside the package "
         "(pegasus.pretrained(): trained on CIFAR-10) and decode them to a PNG grid of 32x32 images.",
     )
-    p.add_argument("--n", type=_positive_int, default=64, help="images to write (default 64)")
-    p.add_argument("--alpha", type=float, default=0.5, help="0 = bird, 1 = horse (default 0.5)")
-    p.add_argument("--temperature", type=_positive_float, default=1.0, help="logits are divided by it (default 1.0)")
-    p.add_argument("--top-k", type=_positive_int, help="sample among the k most likely codes only")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the Gumbel noise (default 0)")
-    p.add_argument("--backend", choices=["reference", "cached", "cpu", "triton"], help="sampler (default: the fastest available)")
-    p.add_argument("--best-of", type=_positive_int, metavar="M", help="sample M and keep the n whitest")
     p.add_argument("--out", type=_png_file, default="pegasi.png", help="PNG to write (default pegasi.png)")
     p.set_defaults(func=_cmd_generate)
 
