@@ -19,7 +19,8 @@ except ImportError as e:  # pragma: no cover - a build-environment problem, expl
 _openmp = ["-fopenmp"]
 ext = CppExtension(
     name="pegasus._C",
-    sources=sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")),
+    # Every C++ source under csrc/: a new backend directory (csrc/<key>/) needs no change here.
+    sources=sorted(glob.glob("csrc/**/*.cpp", recursive=True)),
     extra_compile_args={"cxx": ["-O3", *_openmp]},
     extra_link_args=_openmp,
     py_limited_api=False,

@@ -1,12 +1,12 @@
 """pytest-benchmark of pegasus::nearest_code: `pytest benchmarks/bench_nearest_code.py`.
 
-One `setup(provider, shape)` (pegasus.bench) per case; providers are the available pegasus
+One `setup(provider, shape)` (pegasus.bench.nearest_code) per case; providers are the available pegasus
 backends and FAISS (IndexFlatL2, k=1). Times only: peak memory needs a fresh process per case,
 which `pegasus bench nearest-code` does. Select cases with -k, e.g. `-k "36864 and 512"`.
 """
 import pytest
 
-from pegasus import bench
+from pegasus.bench import nearest_code as bench
 
 PROVIDERS, NOTES = bench.available_providers("cpu")
 

@@ -1,20 +1,20 @@
 """pytest-benchmark of the samplers: `pytest benchmarks/bench_sampler.py` (select with -k, e.g.
 `-k "8x8 and 16"`).
 
-One `setup(backend, grid, batch)` (pegasus.bench_sampler) per case, on the default prior
-configuration (64 channels, 8 layers, kernel 5, 512 codes). The naive reference is left out at
+One `setup(backend, grid, batch)` (pegasus.bench.sampler) per case, on the default prior
+configuration (64 channels, 8 layers, kernel 5, 512 codes). The naive sampler is left out at
 24x24, where one call takes minutes: `pegasus bench sampler` times its first row and scales it.
 """
 import pytest
 
-from pegasus import bench_sampler
+from pegasus.bench import sampler as bench_sampler
 
 BACKENDS, NOTES = bench_sampler.available_backends("cpu")
 CASES = [
     (grid, batch, backend)
     for grid, batch in bench_sampler.FULL_CASES
     for backend in BACKENDS
-    if not (backend == "reference" and grid[0] * grid[1] > 64)
+    if not (backend == "naive" and grid[0] * grid[1] > 64)
 ]
 
 

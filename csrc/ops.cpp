@@ -1,6 +1,7 @@
-// Operator schemas of the pegasus library, defined once here. Backend files only add
-// TORCH_LIBRARY_IMPL(pegasus, <key>, m) registrations (csrc/cpu/*.cpp); the Triton kernels
-// (pegasus.kernels) attach to the same names from Python.
+// Operator schemas of the pegasus library, defined once here. Backend files only add kernels to
+// these names: TORCH_LIBRARY_IMPL(pegasus, <key>, m) in C++ (csrc/cpu/*.cpp), and the Triton kernels
+// (pegasus.kernels) for CUDA with torch.library.register_kernel from Python. Which backends exist
+// for which op is one table, pegasus/backends.py.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -18,9 +19,9 @@ TORCH_LIBRARY(pegasus, m) {
   // whose distances are NaN gets index 0 and distance NaN (torch.argmin's rule on the reference).
   m.def("nearest_code(Tensor z, Tensor codebook) -> (Tensor, Tensor)");
 
-  // The cached sampler of a GatedPixelCNN (pegasus/reference.py documents the state tensors and
-  // GatedPixelCNN.pack_for_sampling the packed `weights`). Row start: every layer's vertical
-  // convolution over row `row`; writes v2h_row and the next layers' rows of v_state.
+  // The cached sampler of a GatedPixelCNN (pegasus/reference.py documents the state tensors,
+  // pegasus/packed_prior.py the packed `weights`). Row start: every layer's vertical convolution
+  // over row `row`; writes v2h_row and the next layers' rows of v_state.
   m.def("sample_row(Tensor(a!) v_state, Tensor(b!) v2h_row, Tensor[] weights, Tensor cond, int row) -> ()");
   // One position: every layer's horizontal stack at (row, col), the logits [B, K], the Gumbel-max
   // code argmax(logits / temperature + noise) among the top_k largest logits (top_k <= 0: all),
@@ -28,16 +29,10 @@ TORCH_LIBRARY(pegasus, m) {
   m.def(
       "sample_position(Tensor(a!) v_state, Tensor(b!) x_state, Tensor v2h_row, Tensor[] weights, "
       "Tensor noise, float temperature, int top_k, int row, int col) -> (Tensor, Tensor)");
-  // The same two steps as Triton kernels (pegasus.kernels.sample_step registers them for CUDA,
-  // and for CPU tensors under TRITON_INTERPRET=1).
-  m.def("sample_row_triton(Tensor(a!) v_state, Tensor(b!) v2h_row, Tensor[] weights, Tensor cond, int row) -> ()");
-  m.def(
-      "sample_position_triton(Tensor(a!) v_state, Tensor(b!) x_state, Tensor v2h_row, Tensor[] weights, "
-      "Tensor noise, float temperature, int top_k, int row, int col) -> (Tensor, Tensor)");
   // The whole raster loop in C++ (csrc/sample_loop.cpp): noise [B, H, W, K] -> (grid [B, H, W]
-  // int64, logits [B, H, W, K] when return_logits, else an empty tensor). `kernels` names the step
-  // ops it calls through the dispatcher: "cpu" (sample_row, sample_position) or "triton".
+  // int64, logits [B, H, W, K] when return_logits, else an empty tensor). It calls the two step ops
+  // above through the dispatcher, which picks their kernel by the tensors' device.
   m.def(
-      "sample_loop(Tensor[] weights, Tensor cond, Tensor noise, float temperature, int top_k, str kernels, "
+      "sample_loop(Tensor[] weights, Tensor cond, Tensor noise, float temperature, int top_k, "
       "bool return_logits) -> (Tensor, Tensor)");
 }

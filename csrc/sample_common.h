@@ -1,9 +1,14 @@
 // Shape checks shared by the cached-sampling ops (csrc/cpu/sample_step.cpp, csrc/sample_loop.cpp).
-// The layouts are documented in pegasus/reference.py ("Cached sampling ops") and in
-// GatedPixelCNN.pack_for_sampling (pegasus/models/pixelcnn.py).
+// The state layouts are documented in pegasus/reference.py ("Cached sampling ops"), the packed
+// weights in csrc/packed_prior.h (generated from pegasus/packed_prior.py).
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+#include "packed_prior.h"
 
 namespace pegasus {
 
@@ -12,15 +17,18 @@ struct PackedPrior {
   int64_t layers, channels, codes, kernel, half;  // half = kernel / 2
 };
 
-// weights: 1 + 7 * layers + 4 tensors (see pack_for_sampling). Checks every shape, dtype, device and
-// contiguity, so the kernels can index raw pointers without reading out of bounds.
+// weights: the packed prior (csrc/packed_prior.h, generated from pegasus/packed_prior.py). Checks
+// every shape, dtype, device and contiguity, so the kernels can index raw pointers without reading
+// out of bounds.
 inline PackedPrior check_weights(at::TensorList weights) {
-  TORCH_CHECK(weights.size() >= 12 && (weights.size() - 5) % 7 == 0,
-              "sampling: weights should be the 1 + 7 * layers + 4 tensors of pack_for_sampling(), got ",
-              weights.size(), " tensors");
+  const int64_t n = static_cast<int64_t>(weights.size());
+  const int64_t body = n - 1 - packed::kHeadTensors;
+  TORCH_CHECK(body >= packed::kLayerTensors && body % packed::kLayerTensors == 0,
+              "sampling: weights should be the 1 + ", packed::kLayerTensors, " * layers + ", packed::kHeadTensors,
+              " tensors of pack_for_sampling(), got ", n, " tensors");
   PackedPrior p{};
-  p.layers = static_cast<int64_t>((weights.size() - 5) / 7);
-  const at::Tensor& emb = weights[0];
+  p.layers = body / packed::kLayerTensors;
+  const at::Tensor& emb = weights[packed::kEmbedding];
   TORCH_CHECK(emb.dim() == 2 && emb.size(0) >= 1 && emb.size(1) >= 1,
               "sampling: weights[0] (embedding) should be [K, C] with K, C >= 1, got ", emb.sizes());
   TORCH_CHECK(emb.scalar_type() == at::kFloat || emb.scalar_type() == at::kDouble,
@@ -29,39 +37,39 @@ inline PackedPrior check_weights(at::TensorList weights) {
   p.channels = emb.size(1);
   const int64_t c = p.channels;
   // Layer 0 (mask A) keeps h columns of the horizontal kernel: that gives h.
-  const at::Tensor& wh0 = weights[3];
-  TORCH_CHECK(wh0.dim() == 2 && wh0.size(0) % c == 0 && wh0.size(0) / c >= 1,
-              "sampling: weights[3] (layer 0 wh) should be [h * C, 2C], got ", wh0.sizes());
+  const int64_t wh0_index = packed::layer_index(0, packed::kWh);
+  const at::Tensor& wh0 = weights[wh0_index];
+  TORCH_CHECK(wh0.dim() == 2 && wh0.size(0) % c == 0 && wh0.size(0) / c >= 1, "sampling: weights[", wh0_index,
+              "] (layer 0 wh) should be [h * C, 2C], got ", wh0.sizes());
   p.half = wh0.size(0) / c;
   p.kernel = 2 * p.half + 1;
-  const int64_t k = p.kernel, h = p.half;
-  auto expect = [&](size_t i, at::IntArrayRef want, const char* what) {
+  // Runs at every step of the loop (H*W times a sample): messages are only built on failure.
+  auto expect = [&](int64_t i, const packed::Shape& want, const char* part, int64_t l, const char* name) {
     const at::Tensor& t = weights[i];
-    TORCH_CHECK(t.sizes() == want, "sampling: weights[", i, "] (", what, ") should be ", want, ", got ",
-                t.sizes());
+    const at::IntArrayRef want_sizes(want.size, want.dim);
+    TORCH_CHECK(t.sizes() == want_sizes, "sampling: weights[", i, "] (", part, l < 0 ? "" : std::to_string(l), " ",
+                name, ") should be ", want_sizes, ", got ", t.sizes());
     TORCH_CHECK(t.scalar_type() == emb.scalar_type(), "sampling: weights[", i, "] is ", t.scalar_type(),
                 " but weights[0] is ", emb.scalar_type());
     TORCH_CHECK(t.device() == emb.device(), "sampling: weights[", i, "] is on ", t.device(),
                 " but weights[0] is on ", emb.device());
-    TORCH_CHECK(t.is_contiguous(), "sampling: weights[", i, "] (", what, ") should be contiguous");
+    TORCH_CHECK(t.is_contiguous(), "sampling: weights[", i, "] (", part, l < 0 ? "" : std::to_string(l), " ", name,
+                ") should be contiguous");
   };
-  expect(0, {p.codes, c}, "embedding");
+  expect(packed::kEmbedding, packed::Shape{{p.codes, c}, 2}, "", -1, "embedding");
   for (int64_t l = 0; l < p.layers; ++l) {
-    const size_t base = 1 + 7 * static_cast<size_t>(l);
-    const int64_t keep = l == 0 ? h : h + 1;
-    expect(base + 0, {keep * k * c, 2 * c}, "wv");
-    expect(base + 1, {2 * c}, "bv");
-    expect(base + 2, {keep * c, 2 * c}, "wh");
-    expect(base + 3, {2 * c, 2 * c}, "wvh");
-    expect(base + 4, {2 * c}, "bhv");
-    expect(base + 5, {c, 2 * c}, "wos");
-    expect(base + 6, {2 * c}, "bos");
+    const int64_t keep = l == 0 ? p.half : p.half + 1;
+    for (int64_t t = 0; t < packed::kLayerTensors; ++t) {
+      const auto which = static_cast<packed::Layer>(t);
+      expect(packed::layer_index(l, which), packed::layer_shape(which, keep, p.kernel, c, p.codes), "layer", l,
+             packed::layer_name(which));
+    }
   }
-  const size_t head = 1 + 7 * static_cast<size_t>(p.layers);
-  expect(head + 0, {c, c}, "w1");
-  expect(head + 1, {c}, "b1");
-  expect(head + 2, {c, p.codes}, "w2");
-  expect(head + 3, {p.codes}, "b2");
+  for (int64_t t = 0; t < packed::kHeadTensors; ++t) {
+    const auto which = static_cast<packed::Head>(t);
+    expect(packed::head_index(p.layers, which), packed::head_shape(which, 0, p.kernel, c, p.codes), "head", -1,
+           packed::head_name(which));
+  }
   return p;
 }
 

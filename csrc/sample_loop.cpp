@@ -1,8 +1,9 @@
 // pegasus::sample_loop: the cached raster loop of a GatedPixelCNN, owned by C++. It allocates the
-// state (pegasus/reference.py documents it), then for every row calls the row step and for every
-// position the position step, through the dispatcher by name: pegasus::sample_row/_position (C++
-// CPU kernels, "cpu") or pegasus::sample_row_triton/_position_triton (Triton, "triton"). One
-// implementation serves every device (CompositeExplicitAutograd): it only allocates and calls ops.
+// state (pegasus/reference.py documents it), then for every row calls pegasus::sample_row and for
+// every position pegasus::sample_position through the dispatcher, which picks the kernel of the
+// tensors' device (the C++ kernels of csrc/cpu on the CPU, the Triton ones of pegasus.kernels on
+// CUDA). One implementation serves every device (CompositeExplicitAutograd): it only allocates and
+// calls ops. pegasus.reference.sample_loop is the same loop in Python.
 //
 // The GIL is released while it runs (the Triton steps take it back for their Python launchers),
 // and Ctrl-C is checked between rows: a pending KeyboardInterrupt is raised in Python.
@@ -35,7 +36,7 @@ void check_interrupt() {
 
 std::tuple<at::Tensor, at::Tensor> sample_loop(at::TensorList weights, const at::Tensor& cond,
                                                const at::Tensor& noise, double temperature, int64_t top_k,
-                                               c10::string_view kernels, bool return_logits) {
+                                               bool return_logits) {
   const PackedPrior p = check_weights(weights);
   const at::Tensor& like = weights[0];
   TORCH_CHECK(noise.dim() == 4 && noise.size(0) >= 1 && noise.size(1) >= 1 && noise.size(2) >= 1 &&
@@ -49,17 +50,9 @@ std::tuple<at::Tensor, at::Tensor> sample_loop(at::TensorList weights, const at:
   check_state("cond", cond, like, {p.layers, batch, 2 * p.channels});
   TORCH_CHECK(std::isfinite(temperature) && temperature > 0, "sample_loop: temperature should be > 0, got ",
               temperature);
-  std::string suffix;
-  if (kernels == "triton") {
-    suffix = "_triton";
-  } else {
-    TORCH_CHECK(kernels == "cpu", "sample_loop: kernels should be \"cpu\" or \"triton\", got \"",
-                std::string(kernels), "\"");
-  }
   auto& dispatcher = c10::Dispatcher::singleton();
-  auto row_op = dispatcher.findSchemaOrThrow(("pegasus::sample_row" + suffix).c_str(), "").typed<RowFn>();
-  auto position_op =
-      dispatcher.findSchemaOrThrow(("pegasus::sample_position" + suffix).c_str(), "").typed<PositionFn>();
+  static auto row_op = dispatcher.findSchemaOrThrow("pegasus::sample_row", "").typed<RowFn>();
+  static auto position_op = dispatcher.findSchemaOrThrow("pegasus::sample_position", "").typed<PositionFn>();
 
   const int64_t c = p.channels, h = p.half;
   const auto opts = like.options();

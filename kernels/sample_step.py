@@ -1,8 +1,8 @@
-"""Triton kernels of `pegasus::sample_row_triton` and `pegasus::sample_position_triton`: the two
-steps of the cached raster loop (`pegasus.reference.sample_row` / `sample_position` are the
-ground truth, and document the state tensors and the packed `weights`).
+"""Triton kernels of `pegasus::sample_row` and `pegasus::sample_position`: the two steps of the
+cached raster loop (`pegasus.reference.sample_row` / `sample_position` are the ground truth and
+document the state tensors; pegasus/packed_prior.py describes the packed `weights`).
 
-The C++ loop calls `sample_position_triton` H*W times and `sample_row_triton` H times per sample,
+The C++ loop calls `sample_position` H*W times and `sample_row` H times per sample,
 so the number of launches decides the speed more than the arithmetic does:
 
 - position: ONE launch per position. A program owns BLOCK_B rows of the batch and runs every layer,
@@ -30,20 +30,20 @@ position takes 86-89 us of GPU time at B=1, 16 or 64 (one program up to B=16: th
 latency of the layers' chain of dependent chunks, not arithmetic), a row (8 launches) 207-215 us,
 and a whole 32x32 sample of B=16 0.24 s against 1.5 s for the reference steps (pegasus.reference).
 
-Importing this module registers the launchers for both ops as their "cuda" and "cpu" kernels (the
-schemas are in csrc/ops.cpp) and their fakes. On CPU tensors they run only under TRITON_INTERPRET=1.
+Importing this module registers the launchers as the CUDA kernels of both ops (the schemas are in
+csrc/ops.cpp; their fakes in pegasus/ops.py). On CPU tensors they run only under TRITON_INTERPRET=1,
+called directly by pegasus.ops (the dispatcher gives CPU tensors to the C++ kernels).
 """
 from __future__ import annotations
 
-import functools
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from pegasus import _extension, reference
-from pegasus.backend import triton_interpreting
+from pegasus import _extension, packed_prior, reference
+from pegasus.backends import triton_interpreting
 
 __all__ = ["sample_position", "sample_row"]
 
@@ -61,6 +61,16 @@ _NUM_WARPS = 4
 _MAX_BLOCK_C = 128  # C is held whole (padded to a power of two) in the [rows, C] register tiles
 _DTYPES = (torch.float32, torch.float64)
 _DOT = "ieee"
+# Positions in the packed prior (pegasus/packed_prior.py): tensor t of layer l is at t's layer-0
+# position + _PER_LAYER * l; the head's at its position for 0 layers + _PER_LAYER * L.
+_PER_LAYER = tl.constexpr(len(packed_prior.LAYER))
+_WH = tl.constexpr(packed_prior.index("wh"))
+_WOS = tl.constexpr(packed_prior.index("wos"))
+_BOS = tl.constexpr(packed_prior.index("bos"))
+_W1 = tl.constexpr(packed_prior.index("w1"))
+_B1 = tl.constexpr(packed_prior.index("b1"))
+_W2 = tl.constexpr(packed_prior.index("w2"))
+_B2 = tl.constexpr(packed_prior.index("b2"))
 
 
 @triton.jit
@@ -229,9 +239,9 @@ def _sample_position_kernel(
 
     skip = tl.zeros([BLOCK_B, BLOCK_C], dtype=dtype)
     for l in tl.static_range(L):
-        wh_ptr = weights[3 + 7 * l]
-        wos_ptr = weights[6 + 7 * l]
-        bos_ptr = weights[7 + 7 * l]
+        wh_ptr = weights[_WH + _PER_LAYER * l]
+        wos_ptr = weights[_WOS + _PER_LAYER * l]
+        bos_ptr = weights[_BOS + _PER_LAYER * l]
         if l > 0:
             tl.debug_barrier()  # layer l-1's output at col + h (stored below) is read back here
         v2h = v2h_ptr + ((l * B + b) * W + col)[:, None] * c2 + cs[None, :]
@@ -252,10 +262,10 @@ def _sample_position_kernel(
                 out += tl.load(xs[:, None] + H * C + cs[None, :], mask=bc_mask, other=0.0)
             tl.store(x_ptr + ((((l + 1) * B + b) * (W + H) + col + H) * C)[:, None] + cs[None, :], out, mask=bc_mask)
 
-    w1_ptr = weights[1 + 7 * L]
-    b1_ptr = weights[2 + 7 * L]
-    w2_ptr = weights[3 + 7 * L]
-    b2_ptr = weights[4 + 7 * L]
+    w1_ptr = weights[_W1 + _PER_LAYER * L]
+    b1_ptr = weights[_B1 + _PER_LAYER * L]
+    w2_ptr = weights[_W2 + _PER_LAYER * L]
+    b2_ptr = weights[_B2 + _PER_LAYER * L]
     tl.store(s_rows[:, None] + cs[None, :], tl.maximum(skip, 0.0))
     tl.debug_barrier()
     hidden = _load_vec(b1_ptr, 0, C, BLOCK_C)[None, :] + tl.zeros([BLOCK_B, BLOCK_C], dtype=dtype)
@@ -330,29 +340,18 @@ def _check_common(op: str, v_state: Tensor, weights: list[Tensor]) -> tuple[int,
         _fail(op, "the channel count C", f"at most {_MAX_BLOCK_C} (the kernel's limit)", c)
     if not v_state.is_contiguous():
         _fail(op, "v_state", "contiguous", f"strides {v_state.stride()}")
-    if len(weights) != 1 + 7 * layers + 4:
-        _fail(op, "weights", f"1 + 7 * L + 4 = {5 + 7 * layers} tensors for L={layers}", len(weights))
+    if len(weights) != packed_prior.count(layers):
+        _fail(op, "weights", f"1 + 7 * L + 4 = {packed_prior.count(layers)} tensors for L={layers}", len(weights))
     codes = weights[0].shape[0] if weights[0].dim() == 2 else -1
     if codes < 1:
         _fail(op, "weights[0] (embedding)", "[K >= 1, C]", tuple(weights[0].shape))
-    expected = _weight_shapes(layers, h, c, codes)
+    expected = packed_prior.shapes(layers, 2 * h + 1, c, codes)
     dtype = v_state.dtype
     # One pass without messages first: the C++ loop calls this H*W times per sample.
     if not all(w.shape == s and w.dtype == dtype and w.device == dev and w.is_contiguous() for w, s in zip(weights, expected)):
         for i, (w, shape) in enumerate(zip(weights, expected)):
             _check_tensor(op, f"weights[{i}]", w, shape, dtype, dev)
     return layers, batch, h, width, c, codes
-
-
-@functools.lru_cache(maxsize=16)
-def _weight_shapes(layers: int, h: int, c: int, codes: int) -> tuple[tuple[int, ...], ...]:
-    """The shapes of GatedPixelCNN.pack_for_sampling's tensors."""
-    k = 2 * h + 1
-    shapes = [(codes, c)]
-    for l in range(layers):
-        taps = h if l == 0 else h + 1  # mask A keeps h rows and columns, mask B h + 1
-        shapes += [(taps * k * c, 2 * c), (2 * c,), (taps * c, 2 * c), (2 * c, 2 * c), (2 * c,), (c, 2 * c), (2 * c,)]
-    return tuple(shapes + [(c, c), (c,), (c, codes), (codes,)])
 
 
 def _check_row_col(op: str, row: int, col: int, width: int) -> None:
@@ -368,7 +367,7 @@ def sample_row(v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Te
     v_state: Tensor[L, B, h+1, W+2h, C], v2h_row: Tensor[L, B, W, 2C], cond: Tensor[L, B, 2C], all
     contiguous, float32 or float64 like the packed weights, on CUDA (or CPU under TRITON_INTERPRET=1).
     """
-    op = "sample_row_triton"
+    op = "sample_row (triton)"
     layers, batch, h, width, c, _ = _check_common(op, v_state, weights)
     _check_tensor(op, "v2h_row", v2h_row, (layers, batch, width, 2 * c), v_state.dtype, v_state.device)
     _check_tensor(op, "cond", cond, (layers, batch, 2 * c), v_state.dtype, v_state.device)
@@ -378,7 +377,7 @@ def sample_row(v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Te
     grid = (triton.cdiv(batch * width, _BLOCK_M),)
     block_c = max(16, triton.next_power_of_2(c))
     for l in range(layers):
-        wv, bv, _, wvh, bhv, _, _ = weights[1 + 7 * l : 8 + 7 * l]
+        wv, bv, _, wvh, bhv, _, _ = packed_prior.layer(weights, l)
         _sample_row_kernel[grid](
             v_state, v2h_row, wv, bv, wvh, bhv, cond, batch, width, c, l, (row - h) % (h + 1), row % (h + 1),
             ROWS=h if l == 0 else h + 1, KW=2 * h + 1, H=h, GATE=l + 1 < layers, BLOCK_M=_BLOCK_M, BLOCK_C=block_c, KC=_KC, DOT=_DOT, num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
@@ -402,7 +401,7 @@ def sample_position(
     (contiguous, the weights' dtype), noise: Tensor[B, K] float32 or float64 (any strides)
     -> (codes Tensor[B] int64, logits Tensor[B, K] of x_state's dtype).
     """
-    op = "sample_position_triton"
+    op = "sample_position (triton)"
     layers, batch, h, width, c, codes_n = _check_common(op, v_state, weights)
     dtype, dev = v_state.dtype, v_state.device
     _check_tensor(op, "x_state", x_state, (layers, batch, width + h, c), dtype, dev)
@@ -441,6 +440,5 @@ def sample_position(
 
 
 if _extension.has_cpp_ops():  # the schemas are defined in C++ (csrc/ops.cpp)
-    torch.library.register_kernel("pegasus::sample_row_triton", ("cuda", "cpu"), sample_row)
-    torch.library.register_kernel("pegasus::sample_position_triton", ("cuda", "cpu"), sample_position)
-    # Their fakes are registered with the C++ steps' in pegasus/ops.py.
+    torch.library.register_kernel("pegasus::sample_row", "cuda", sample_row)
+    torch.library.register_kernel("pegasus::sample_position", "cuda", sample_position)

@@ -81,10 +81,17 @@ class Dist:
         return t / self.world
 
 
-def _leave() -> None:
-    # Every rank reaches this point before any tears the group down: rank 0 hosts the rendezvous
-    # store, and in one CI run rank 0 aborted at exit ("terminate called without an active
-    # exception") after training had finished, while rank 1 was still connected.
+def leave() -> None:
+    """Leave the process group, if this process joined one: a barrier (no rank tears down while a
+    peer is still in a collective), then destroy_process_group, which joins Gloo's worker threads.
+
+    The order matters at exit. A process that reaches interpreter finalization with the group
+    alive has Gloo threads whose pending work holds tensors; destroying those during finalization
+    aborts with "terminate called without an active exception", the message one CI run showed on
+    rank 0 after training had finished (that run was not reproduced; PyTorch's issue tracker
+    describes this mechanism). So `pegasus.cli.main` calls this in a `finally` before returning,
+    while the interpreter is whole, and an atexit handler calls it for library callers; it is a
+    no-op the second time."""
     if tdist.is_initialized():
         try:
             tdist.barrier()
@@ -113,7 +120,7 @@ def distributed(device: str | torch.device) -> Iterator[Dist]:
         # Joined once per process: leaving and joining again (training the VQ-VAE, then the prior)
         # hung in about 1 of 3 tries with 2 gloo ranks on torch 2.13.
         tdist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-        atexit.register(_leave)
+        atexit.register(leave)
     if (tdist.get_world_size(), tdist.get_backend()) != (world, backend):
         raise RuntimeError(
             f"WORLD_SIZE={world} on {device.type} needs a {backend} group of {world} ranks; the one joined "

@@ -30,6 +30,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
+from pegasus._version import __version__
+
 RUN_FORMAT = 1
 """Layout of run directories, checkpoints and weights; files without a stamp predate it and are format 1."""
 
@@ -51,8 +53,24 @@ def has_checkpoint(path: str | os.PathLike) -> bool:
     return Path(path).is_file() or previous_path(path).is_file()
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc, since 4.7);
+    elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, keep_previous: bool = False) -> None:
-    """Write `data` to `path` atomically (temp file in the same directory, fsync, rename).
+    """Write `data` to `path` atomically (temp file in the same directory, fsync, rename), with the
+    permissions a plain open() would give it (0666 less the umask).
 
     keep_previous: first make the current `path`, if any, the `previous_path(path)` (hard link,
     renamed into place), so both names always hold a complete file.
@@ -61,6 +79,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, keep_previous: bool
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600, so a generated PNG was unreadable to other users.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -107,16 +127,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def stamp(config: dict[str, Any]) -> dict[str, Any]:
     """A run directory's config with the format and pegasus version that wrote it."""
-    from pegasus import __version__
-
     return {"format": RUN_FORMAT, "pegasus": __version__, **config}
 
 
 def read_run_config(path: str | os.PathLike, key: str) -> dict[str, Any]:
     """A run directory's config file (config.json, prior_config.json), which must hold `key` and
     be of this version's format; CheckpointError naming the file otherwise."""
-    from pegasus import __version__
-
     path = Path(path)
     try:
         config = json.loads(path.read_text())

@@ -3,6 +3,11 @@
 Every error is one line on stderr, `pegasus: error: ...`, naming the argument or file at fault:
 input errors (a bad data set, a run directory that does not fit, a wrong value) exit with status 1,
 command-line syntax errors with status 2 (argparse's), and `--debug` shows the traceback instead.
+
+Every option is spelled so that it means the same after torchrun (`torchrun ... -m pegasus CMD`):
+torchrun's parser takes any unambiguous prefix of its own options, so no option here is a prefix
+of one of torchrun's (`--run` was taken for its `--run-path`, `--n` clashed with `--nnodes`);
+tests/test_cli.py checks every option against torchrun's parser.
 """
 from __future__ import annotations
 
@@ -68,9 +73,17 @@ def _run_dir(text: str) -> str:
     return text
 
 
-def _png_file(text: str) -> str:
+def _image_file(text: str) -> str:
+    from pegasus.images import IMAGE_FORMATS, image_format
+
     if Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"expected a PNG file to write, got {text!r}, which is a directory")
+        raise argparse.ArgumentTypeError(f"expected an image file to write, got {text!r}, which is a directory")
+    try:
+        image_format(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an image file ending in {', '.join(IMAGE_FORMATS)}, got {text!r}"
+        ) from None
     return text
 
 
@@ -90,20 +103,16 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from pegasus import __version__, _extension
-    from pegasus.backend import _triton_unavailable, resolve_backend
+    from pegasus import __version__, _extension, backends
+    from pegasus.pretrained import WEIGHTS_DIR
 
     print(f"pegasus {__version__}, torch {torch.__version__}")
     ext = "loaded" if _extension.has_cpp_ops() else f"NOT loaded: {_extension.cpp_load_error()}"
     print(f"C++ extension pegasus._C: {ext}")
-    from pegasus.models.pixelcnn import GatedPixelCNN
-    from pegasus.pretrained import WEIGHTS_DIR
-    from pegasus.sampling import resolve_sampler
-
-    print(f"Triton (nearest_code, sampler steps): {_triton_unavailable('nearest_code') or 'available'}")
     print(f"CUDA: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'not available'}")
-    print(f"default nearest_code backend for CPU tensors: {resolve_backend(None, torch.device('cpu'), 'nearest_code')}")
-    print(f"default sampler for a prior on the CPU: {resolve_sampler(None, GatedPixelCNN(codes=2, channels=2, layers=1))}")
+    print("backends:")
+    for line in backends.describe():
+        print(f"  {line}")
     shipped = "present" if (WEIGHTS_DIR / "prior.safetensors").is_file() else "MISSING"
     print(f"pretrained weights ({WEIGHTS_DIR}): {shipped}")
     return 0
@@ -120,42 +129,42 @@ def _shape(text: str) -> tuple[int, int, int]:
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.op == "sampler":
         return _bench_sampler(args)
-    from pegasus import bench
+    from pegasus.bench import harness, nearest_code
 
-    shapes = args.shape or (bench.QUICK_SHAPES if args.quick else bench.FULL_SHAPES)
-    records, notes = bench.run(shapes, device=args.device, min_run_time=args.min_run_time,
-                               progress=lambda line: print(line, file=sys.stderr))
-    print(f"nearest_code on {bench.device_name(args.device)}")
-    print(bench.format_table(records))
+    shapes = args.shape or (nearest_code.QUICK_SHAPES if args.quick else nearest_code.FULL_SHAPES)
+    records, notes = nearest_code.run(shapes, device=args.device, min_run_time=args.min_run_time,
+                                      progress=lambda line: print(line, file=sys.stderr))
+    print(f"nearest_code on {harness.device_name(args.device)}")
+    print(nearest_code.format_table(records))
+    return _bench_notes_and_json(args, records, notes)
+
+
+def _bench_notes_and_json(args: argparse.Namespace, records: list, notes: list[str]) -> int:
+    from pegasus.bench import harness
+
     for note in notes:
         print(f"note: {note}")
     if args.json:
         with open(args.json, "w") as f:
-            f.write(bench.to_json_lines(records))
+            f.write(harness.to_json_lines(records))
         print(f"wrote {len(records)} records to {args.json}")
     return 0
 
 
 def _bench_sampler(args: argparse.Namespace) -> int:
-    from pegasus import bench_sampler
+    from pegasus.bench import sampler
 
     if args.shape:
         raise ValueError("--shape is for nearest-code; the sampler's cases are set by --quick")
-    cases = bench_sampler.QUICK_CASES if args.quick else bench_sampler.FULL_CASES
-    records, notes = bench_sampler.run(cases, device=args.device, min_run_time=args.min_run_time,
-                                       progress=lambda line: print(line, file=sys.stderr))
-    print(bench_sampler.header(args.device))
-    print(bench_sampler.format_table(records))
-    if any(r.reference_rows_timed for r in records):
-        print("note: the reference at 24x24 was timed over its first row and scaled by the row count "
+    cases = sampler.QUICK_CASES if args.quick else sampler.FULL_CASES
+    records, notes = sampler.run(cases, device=args.device, min_run_time=args.min_run_time,
+                                 progress=lambda line: print(line, file=sys.stderr))
+    print(sampler.header(args.device))
+    print(sampler.format_table(records))
+    if any(r.naive_rows_timed for r in records):
+        print("note: the naive sampler at 24x24 was timed over its first row and scaled by the row count "
               "(each naive step is one full pass over the grid, so every row costs the same)")
-    for note in notes:
-        print(f"note: {note}")
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(bench_sampler.to_json_lines(records))
-        print(f"wrote {len(records)} records to {args.json}")
-    return 0
+    return _bench_notes_and_json(args, records, notes)
 
 
 def _device(choice: str) -> str:
@@ -186,7 +195,7 @@ def _is_rank0() -> bool:
 
 
 def _cmd_train_vqvae(args: argparse.Namespace) -> int:
-    from pegasus.train import train_vqvae
+    from pegasus.train_vqvae import train_vqvae
 
     model = {"codes": args.codes, "dim": args.dim, "restart_after": args.restart_after}
     if args.no_ema:
@@ -219,30 +228,30 @@ def _cmd_select(args: argparse.Namespace) -> int:
         bird_ids=read_ids(args.bird_ids) if args.bird_ids else None,
         horse_ids=read_ids(args.horse_ids) if args.horse_ids else None,
     )
-    write_selection(args.run, ds, args.split, picks)
+    write_selection(args.run_dir, ds, args.split, picks)
     for sel in picks:
         print(f"{sel.name}s: {len(sel.ids)} picks, whiteness {min(sel.scores):.3f} .. {max(sel.scores):.3f}")
-    print(f"wrote {args.run}/: selection.json selection.png")
+    print(f"wrote {args.run_dir}/: selection.json selection.png")
     return 0
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> int:
     from pegasus.interpolate import DEFAULT_ALPHAS, interpolate
 
-    summary = interpolate(args.run, pairs=args.pairs, alphas=args.alphas or DEFAULT_ALPHAS, seed=args.seed, mirror=args.mirror)
+    summary = interpolate(args.run_dir, pairs=args.pairs, alphas=args.alphas or DEFAULT_ALPHAS, seed=args.seed, mirror=args.mirror)
     print(json.dumps(summary))
-    print(f"wrote {args.run}/: latents.safetensors interpolation.png")
+    print(f"wrote {args.run_dir}/: latents.safetensors interpolation.png")
     return 0
 
 
 def _cmd_train_prior(args: argparse.Namespace) -> int:
-    from pegasus.prior import train_prior
+    from pegasus.train_prior import train_prior
 
     prior = {"channels": args.channels, "layers": args.layers, "kernel": args.kernel}
     if args.unconditional:
         prior["conditional"] = False
     summary = train_prior(
-        args.run,
+        args.run_dir,
         prior_cfg=_given(prior),
         train_cfg=_train_settings(args, "held_out"),
         device=_device(args.device),
@@ -251,18 +260,19 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
     if not _is_rank0():
         return 0
     print(json.dumps(summary, indent=2))
-    print(f"wrote {args.run}/: prior.safetensors prior_config.json prior_eval.json prior_metrics.jsonl prior_loss_curves.png")
+    print(f"wrote {args.run_dir}/: prior.safetensors prior_config.json prior_eval.json prior_metrics.jsonl prior_loss_curves.png")
     return 0
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pegasus.run import sample_to_png
+    from pegasus.rundir import SAMPLES
+    from pegasus.sample import sample_to_png
 
-    out = args.out or str(Path(args.run) / "pegasi.png")
+    out = args.out or str(Path(args.run_dir) / SAMPLES)
     summary = sample_to_png(
-        args.run, out, n=args.n, alpha=args.alpha, temperature=args.temperature, top_k=args.top_k,
+        args.run_dir, out, n=args.n, alpha=args.alpha, temperature=args.temperature, top_k=args.top_k,
         seed=args.seed, backend=args.backend, best_of=args.best_of,
     )
     print(json.dumps(summary))
@@ -271,7 +281,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from pegasus.pretrained import pretrained
-    from pegasus.run import sample_to_png
+    from pegasus.sample import sample_to_png
 
     summary = sample_to_png(
         pretrained(), args.out, n=args.n, alpha=args.alpha, temperature=args.temperature, top_k=args.top_k,
@@ -297,6 +307,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pegasus import backends
+
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     parser = _Parser(
@@ -348,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart-after", type=_non_negative_int, help="re-seed codes unused for this many steps; 0 disables (default 2; raise it when a step holds few latents)")
     p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default 250)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda when present")
-    p.add_argument("--backend", choices=["reference", "cpu", "triton"], help="nearest-code backend (default: best available)")
+    p.add_argument("--backend", choices=backends.NEAREST_CODE.names(), help="nearest-code backend (default: the fastest "
+                   f"available; {backends.NEAREST_CODE.env} when set; see `pegasus info`)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
     p.set_defaults(func=_cmd_train_vqvae)
 
@@ -360,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the centre minus those on the border; see pegasus.select) and keep the top ones, or the ids listed in "
         "files. Writes RUN_DIR/selection.json and RUN_DIR/selection.png.",
     )
-    p.add_argument("--run", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory to write into")
+    p.add_argument("--run-dir", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory to write into")
     p.add_argument("--data", required=True, help="data set path (see `pegasus data`)")
     p.add_argument("--split", choices=["train", "test"], default="train", help="split to pick from (default train)")
     p.add_argument("--birds", type=_positive_int, help="number of birds to keep (default 24)")
@@ -376,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="For each bird/horse pair of RUN_DIR/selection.json and each alpha, quantise "
         "(1 - alpha) z_bird + alpha z_horse. Writes RUN_DIR/latents.safetensors and RUN_DIR/interpolation.png.",
     )
-    p.add_argument("--run", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory with vqvae.safetensors and selection.json")
+    p.add_argument("--run-dir", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory with vqvae.safetensors and selection.json")
     p.add_argument("--pairs", type=_positive_int, help="a seeded random sample of this many pairs (default: all pairs)")
     p.add_argument("--alphas", type=float, nargs="+", help="interpolation weights in [0, 1] (default 0 0.1 ... 1)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the pair sample (default 0)")
@@ -390,9 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train pegasus.GatedPixelCNN on RUN_DIR/latents.safetensors, conditioned on alpha, with a "
         "held-out split of the pairs. Settings not given take the defaults shown (or, with --resume, the saved ones).",
     )
-    # --run-dir: under torchrun, whose parser takes --run for an abbreviation of its --run-path.
-    p.add_argument("--run", "--run-dir", dest="run", required=True, type=_run_dir, metavar="RUN_DIR",
-                   help="run directory with latents.safetensors (spell it --run-dir after torchrun)")
+    p.add_argument("--run-dir", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory with latents.safetensors")
     p.add_argument("--steps", type=_positive_int, help="total optimizer steps (default 1500)")
     p.add_argument("--batch-size", type=_positive_int, help="grids per step and process (default 64; N processes under torchrun: N x that per step)")
     p.add_argument("--lr", type=_positive_float, help="Adam learning rate (default 1e-3)")
@@ -409,13 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     # The sampling options `sample` and `generate` share.
     sampling = argparse.ArgumentParser(add_help=False)
-    sampling.add_argument("--n", type=_positive_int, default=64, help="images to write (default 64)")
+    sampling.add_argument("-n", "--num-samples", dest="n", type=_positive_int, default=64, help="images to write (default 64)")
     sampling.add_argument("--alpha", type=float, default=0.5, help="0 = bird, 1 = horse (default 0.5)")
     sampling.add_argument("--temperature", type=_positive_float, default=1.0, help="logits are divided by it (default 1.0)")
     sampling.add_argument("--top-k", type=_positive_int, help="sample among the k most likely codes only")
     sampling.add_argument("--seed", type=_seed, default=0, help="seed of the Gumbel noise (default 0)")
-    sampling.add_argument("--backend", choices=["reference", "cached", "cpu", "triton"], help="sampler (same grids for the same seed): reference (naive), cached (Python loop), cpu (C++ loop), "
-                          "triton (C++ loop, Triton kernels on CUDA); default: the fastest available")
+    sampling.add_argument("--backend", choices=backends.SAMPLER.names(), help="sampler, same grids for the same seed: "
+                          + "; ".join(f"{b.name}: {b.summary}" for b in backends.SAMPLER.backends)
+                          + f". Default: the fastest available ({backends.SAMPLER.env} when set)")
     sampling.add_argument("--best-of", type=_positive_int, metavar="M", help="sample M and keep the n whitest")
 
     p = sub.add_parser(
@@ -424,8 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample pegasi from the prior and decode them to a PNG grid",
         description="Sample code grids from RUN_DIR's prior (Gumbel-max, raster order) and decode them with its VQ-VAE.",
     )
-    p.add_argument("--run", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory with vqvae.safetensors and prior.safetensors")
-    p.add_argument("--out", type=_png_file, help="PNG to write (default RUN_DIR/pegasi.png)")
+    p.add_argument("--run-dir", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory with vqvae.safetensors and prior.safetensors")
+    p.add_argument("--out", type=_image_file, help="image grid to write: .png, .jpg or .webp (default RUN_DIR/pegasi.png)")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
@@ -435,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample code grids from the pretrained prior shipped inside the package "
         "(pegasus.pretrained(): trained on CIFAR-10) and decode them to a PNG grid of 32x32 images.",
     )
-    p.add_argument("--out", type=_png_file, default="pegasi.png", help="PNG to write (default pegasi.png)")
+    p.add_argument("--out", type=_image_file, default="pegasi.png", help="image grid to write: .png, .jpg or .webp (default pegasi.png)")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser(
@@ -460,11 +472,23 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group while the interpreter is whole (see
+    pegasus._distributed.leave); a no-op in a single process."""
+    if "torch.distributed" in sys.modules:
+        from pegasus._distributed import leave
+
+        leave()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        try:
+            return args.func(args)
+        finally:
+            _leave_process_group()
     except KeyboardInterrupt:
         _close_progress_bars()
         print("pegasus: interrupted", file=sys.stderr)
@@ -476,10 +500,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         from pegasus.checkpoint import CheckpointError
         from pegasus.data import DatasetError
-        from pegasus.train import TrainingError
+        from pegasus.training import TrainingError
 
         message = " ".join(str(e).split()) or repr(e)  # one line, even for multi-line messages
-        if not isinstance(e, (DatasetError, CheckpointError, TrainingError, ValueError, OSError, RuntimeError)):
+        if not isinstance(e, (DatasetError, CheckpointError, TrainingError, ValueError, OSError, RuntimeError, MemoryError)):
             message = f"{type(e).__name__}: {message} (unexpected; run with --debug for the traceback)"
         print(f"pegasus: error: {message}", file=sys.stderr)
         return 1

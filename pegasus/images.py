@@ -1,4 +1,4 @@
-"""Image grids and plots written as PNG (PIL and matplotlib; no torchvision needed)."""
+"""Image grids and plots written as PNG, JPEG or WebP by their suffix (PIL and matplotlib; no torchvision needed)."""
 from __future__ import annotations
 
 import io
@@ -16,6 +16,12 @@ from pegasus.checkpoint import atomic_write_bytes
 def to_uint8(images: Tensor) -> Tensor:
     """Float images on the [0, 1] scale, Tensor[B, 3, H, W] -> uint8 Tensor[B, 3, H, W] (clamped)."""
     return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def images_to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
+    """uint8 array [B, H, W, 3] -> float Tensor[B, 3, H, W] in [0, 1]."""
+    t = torch.from_numpy(np.array(images)).to(device)  # a writable copy (the data may be a read-only memmap)
+    return t.permute(0, 3, 1, 2).float().div_(255)
 
 
 def make_grid(images: Tensor, nrow: int = 8, pad: int = 2, scale: int = 1, fill: int = 255) -> np.ndarray:
@@ -37,19 +43,66 @@ def make_grid(images: Tensor, nrow: int = 8, pad: int = 2, scale: int = 1, fill:
     return grid
 
 
-def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an RGB uint8 array [H, W, 3] as PNG, atomically."""
+def whiteness(images: np.ndarray) -> np.ndarray:
+    """Whiteness score of uint8 images [N, H, W, 3] -> float64 [N] in [-1, 1].
+
+    The whiteness score of an image (uint8 [H, W, 3]) is
+
+        w(p)  = min(R, G, B) / 255                  per pixel: HSV value x (1 - saturation), so only
+                                                    pixels that are both bright and grey score high
+        C     = mean of w over the centre           the central square, rows and columns H/4 .. 3H/4
+                                                    (a quarter of the area: where the animal sits)
+        B     = mean of w over the border           the ring of width max(1, H/8) along the edges
+        score = C - B                               in [-1, 1]
+
+    A white animal on a darker background scores high (C near 1, B low); a white sky or snow field
+    scores near 0 or below, because it is as white at the border as in the centre (and a dark bird
+    in front of it lowers C).
+    """
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"whiteness expected uint8 images [N, H, W, 3], got {images.dtype} {list(images.shape)}")
+    n, h, w, _ = images.shape
+    scores = np.empty(n, dtype=np.float64)
+    ring_h, ring_w = max(1, h // 8), max(1, w // 8)
+    border = np.zeros((h, w), dtype=bool)
+    border[:ring_h], border[-ring_h:], border[:, :ring_w], border[:, -ring_w:] = True, True, True, True
+    for start in range(0, n, 4096):  # bounded memory on 100k-image data sets
+        white = images[start : start + 4096].min(axis=3).astype(np.float64) / 255
+        centre = white[:, h // 4 : h - h // 4, w // 4 : w - w // 4].mean(axis=(1, 2))
+        scores[start : start + len(white)] = centre - white[:, border].mean(axis=1)
+    return scores
+
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+"""The image files pegasus writes, by suffix (case-insensitive), as Pillow names their formats."""
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The Pillow format that the suffix of `path` names; ValueError for any other suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(
+            f"{path}: cannot write a {suffix or 'suffix-less'} image; use one of {', '.join(IMAGE_FORMATS)}"
+        )
+    return IMAGE_FORMATS[suffix]
+
+
+def save_image(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write an RGB uint8 array [H, W, 3] in the format its suffix names (PNG, JPEG at quality 95,
+    lossless WebP), atomically."""
+    fmt = image_format(path)
+    options = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {})
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
+    Image.fromarray(array).save(buf, format=fmt, **options)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 
 
 def save_grid(images: Tensor, path: str | os.PathLike, nrow: int = 8, scale: int = 1) -> Path:
-    """Write uint8 (or [0, 1] float) images Tensor[B, 3, H, W] as one PNG grid."""
+    """Write uint8 (or [0, 1] float) images Tensor[B, 3, H, W] as one image grid (format by suffix)."""
     if images.dtype != torch.uint8:
         images = to_uint8(images)
-    return save_png(make_grid(images, nrow=nrow, scale=scale), path)
+    return save_image(make_grid(images, nrow=nrow, scale=scale), path)
 
 
 def save_loss_curves(records: list[dict], path: str | os.PathLike, keys: dict[str, str]) -> Path:

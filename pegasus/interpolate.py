@@ -1,16 +1,12 @@
-"""Bird -> pegasus -> horse: interpolating encoder outputs of the picks and quantising them.
+"""Stage 3, bird -> pegasus -> horse: interpolating encoder outputs of the picks and quantising them.
 
 For each bird/horse pair and each alpha, z = (1 - alpha) * z_e(bird) + alpha * z_e(horse) on the
-continuous encoder outputs, then the nearest codes. The run directory gets
-
-  latents.safetensors   indices int64 [P, A, h, w], alphas float32 [A], pairs int64 [P, 2]
-                        (bird id, horse id in the selection's split)
-  interpolation.png     one strip per pair (8 pairs spread over the list): the bird, the decoded
-                        grids for every alpha, the horse
+continuous encoder outputs, then the nearest codes. Reads the run's VQ-VAE and selection.json;
+writes latents.safetensors and interpolation.png (one strip per pair, 8 pairs spread over the
+list: the bird, the decoded grids for every alpha, the horse; pegasus.rundir describes both).
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,17 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save
 from torch import Tensor
 
-from pegasus.checkpoint import CheckpointError, atomic_write_bytes, load_tensors
-from pegasus.data import load_dataset
-from pegasus.images import save_grid
+from pegasus.images import images_to_tensor, save_grid
 from pegasus.models import VQVAE
-from pegasus.select import pick_class, read_selection
-from pegasus.train import CONFIG, WEIGHTS, images_to_tensor, load_vqvae
+from pegasus.rundir import STRIPS, load_vqvae, read_selection, selected_images, write_latents
 
-LATENTS, STRIPS = "latents.safetensors", "interpolation.png"
 DEFAULT_ALPHAS = tuple(i / 10 for i in range(11))
 
 
@@ -81,17 +72,15 @@ def interpolate(
     run_dir = Path(run_dir)
     alphas = check_alphas(alphas)
     record = read_selection(run_dir)
-    ds = load_dataset(record["data"], record["split"], cache_dir=cache_dir)
-    birds = pick_class(ds, "bird", None, record["birds"]["ids"])
-    horses = pick_class(ds, "horse", None, record["horses"]["ids"])
-    model = load_run_vqvae(run_dir, device)
-    bird_x = images_to_tensor(ds.images[birds.ids], device)
-    horse_x = images_to_tensor(ds.images[horses.ids], device)
+    ds, bird_ids, horse_ids = selected_images(run_dir, cache_dir)
+    model = load_vqvae(run_dir, device)
+    bird_x = images_to_tensor(ds.images[bird_ids], device)
+    horse_x = images_to_tensor(ds.images[horse_ids], device)
     with torch.no_grad():
         z_b, z_h = model.encode(bird_x), model.encode(horse_x)
-    where = choose_pairs(len(birds.ids), len(horses.ids), pairs, seed)
+    where = choose_pairs(len(bird_ids), len(horse_ids), pairs, seed)
     indices = interpolate_codes(model, z_b, z_h, where, alphas).cpu()
-    ids = np.stack([np.asarray(birds.ids)[where[:, 0]], np.asarray(horses.ids)[where[:, 1]]], axis=1)
+    ids = np.stack([np.asarray(bird_ids)[where[:, 0]], np.asarray(horse_ids)[where[:, 1]]], axis=1)
     mirrored = torch.zeros(len(where), dtype=torch.bool)
     if mirror:
         with torch.no_grad():
@@ -100,13 +89,13 @@ def interpolate(
         ids = np.concatenate([ids, ids])
         mirrored = torch.cat([mirrored, torch.ones(len(where), dtype=torch.bool)])
     tensors = {
-        "indices": indices.contiguous(),
+        "indices": indices,
         "alphas": torch.tensor(alphas, dtype=torch.float32),
-        "pairs": torch.from_numpy(ids).contiguous(),
+        "pairs": torch.from_numpy(ids),
         "mirrored": mirrored,
     }
     meta = {"data": record["data"], "split": record["split"], "seed": str(seed), "sampled_pairs": str(pairs), "mirror": str(mirror)}
-    atomic_write_bytes(run_dir / LATENTS, save(tensors, metadata=meta))
+    write_latents(run_dir, tensors, meta)
 
     # Pairs spread evenly over the list, so the strips show different birds, not the first bird 8 times.
     shown = np.unique(np.linspace(0, len(where) - 1, min(8, len(where))).round().astype(np.int64))
@@ -115,37 +104,3 @@ def interpolate(
     strips = torch.cat([bird_x[where[shown, 0], None], decoded.clamp(0, 1), horse_x[where[shown, 1], None]], dim=1)
     save_grid(strips.flatten(0, 1), run_dir / STRIPS, nrow=len(alphas) + 2, scale=max(1, 64 // bird_x.shape[-1]))
     return {"pairs": len(where), "mirror": mirror, "alphas": alphas, "grid": list(indices.shape[-2:]), "grids": int(indices.shape[0]) * len(alphas)}
-
-
-def load_run_vqvae(run_dir: Path, device: str | torch.device = "cpu") -> VQVAE:
-    """The run's trained VQ-VAE; a missing vqvae.safetensors names the command that makes it."""
-    for name in (CONFIG, WEIGHTS):
-        if not (run_dir / name).is_file():
-            raise CheckpointError(f"{run_dir / name} is missing: run `pegasus train-vqvae --data PATH --out {run_dir}` first")
-    return load_vqvae(run_dir, device)
-
-
-def read_latents(run_dir: str | os.PathLike) -> dict[str, Tensor]:
-    """RUN_DIR/latents.safetensors: indices [P, A, h, w], alphas [A], pairs [P, 2]."""
-    path = Path(run_dir) / LATENTS
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: run `pegasus interpolate --run {run_dir}` first")
-    tensors, _ = load_tensors(path)
-    ind, al = tensors.get("indices"), tensors.get("alphas")
-    if ind is None or al is None or ind.dim() != 4 or al.shape != (ind.shape[1],):
-        raise CheckpointError(f"{path}: expected indices [P, A, h, w] and alphas [A], got {json.dumps({k: list(v.shape) for k, v in tensors.items()})}")
-    if ind.dtype != torch.int64:
-        raise CheckpointError(f"{path}: indices should be int64 code grids, got {ind.dtype}")
-    codes = _run_codes(Path(run_dir))
-    if ind.numel() and (int(ind.min()) < 0 or (codes is not None and int(ind.max()) >= codes)):
-        bad = int(ind.min()) if int(ind.min()) < 0 else int(ind.max())
-        raise CheckpointError(f"{path}: holds code {bad}, outside the VQ-VAE's 0..{(codes or 1) - 1} (config.json)")
-    return tensors
-
-
-def _run_codes(run_dir: Path) -> int | None:
-    """K of the run's VQ-VAE from RUN_DIR/config.json, or None when there is none to read."""
-    try:
-        return int(json.loads((run_dir / CONFIG).read_text())["vqvae"]["codes"])
-    except (OSError, KeyError, TypeError, ValueError):
-        return None

@@ -17,13 +17,25 @@ from typing import Any
 from pegasus._distributed import distributed
 from pegasus.checkpoint import has_checkpoint
 from pegasus.data import load_dataset
-from pegasus.interpolate import LATENTS, STRIPS, interpolate
-from pegasus.prior import PRIOR_CHECKPOINT, PRIOR_EVAL, PRIOR_WEIGHTS, train_prior
-from pegasus.run import sample_to_png
-from pegasus.select import CONTACT_SHEET, SELECTION, select_white, write_selection
-from pegasus.train import CHECKPOINT, EVAL, WEIGHTS, train_vqvae
-
-SAMPLES = "pegasi.png"
+from pegasus.interpolate import interpolate
+from pegasus.rundir import (
+    CHECKPOINT,
+    CONTACT_SHEET,
+    LATENTS,
+    PRIOR_CHECKPOINT,
+    PRIOR_EVAL,
+    PRIOR_WEIGHTS,
+    RECONSTRUCTIONS,
+    SAMPLES,
+    SELECTION,
+    STRIPS,
+    VQVAE_EVAL,
+    VQVAE_WEIGHTS,
+)
+from pegasus.sample import sample_to_png
+from pegasus.select import select_white, write_selection
+from pegasus.train_prior import train_prior
+from pegasus.train_vqvae import train_vqvae
 
 # --quick on CIFAR-10 (cached decode), 2-core CPU otherwise idle: 43 s wall in all; the VQ-VAE
 # runs 14 steps/s (21 s, test MSE 0.0077), the prior 25 steps/s (12 s, 3.9 held-out bits/position).
@@ -67,7 +79,7 @@ def run_pipeline(
                 dist.on_main(action)
             done[name] = "ran"
 
-        step("train-vqvae", [WEIGHTS, EVAL, "reconstructions.png"], lambda: train_vqvae(
+        step("train-vqvae", [VQVAE_WEIGHTS, VQVAE_EVAL, RECONSTRUCTIONS], lambda: train_vqvae(
             data, out, model_cfg=cfg["vqvae"], train_cfg=cfg["vqvae_train"], device=dist.device,
             resume=dist.on_main(lambda: has_checkpoint(out / CHECKPOINT)), progress=progress), every_rank=True)
 

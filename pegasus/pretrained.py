@@ -20,15 +20,13 @@ import torch
 from safetensors.torch import load_file, save
 
 from pegasus.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text
-from pegasus.prior import PRIOR_CONFIG, PRIOR_EVAL, PRIOR_WEIGHTS
-from pegasus.run import Run, load_run
-from pegasus.select import SELECTION
-from pegasus.train import CONFIG, EVAL, WEIGHTS
+from pegasus.rundir import CONFIG, PRIOR_CONFIG, PRIOR_EVAL, PRIOR_WEIGHTS, SELECTION, VQVAE_EVAL, VQVAE_WEIGHTS
+from pegasus.sample import Run, load_run
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 """Where the shipped run lives (installed with the package as package data)."""
 
-_SHIPPED = (CONFIG, WEIGHTS, PRIOR_CONFIG, PRIOR_WEIGHTS, SELECTION)
+_SHIPPED = (CONFIG, VQVAE_WEIGHTS, PRIOR_CONFIG, PRIOR_WEIGHTS, SELECTION)
 
 
 def pretrained(device: str | torch.device = "cpu") -> Run:
@@ -50,18 +48,48 @@ def export_run(run_dir: str | os.PathLike, dest: str | os.PathLike = WEIGHTS_DIR
     load_run(run_dir)  # a run that does not load is not exported
     dest.mkdir(parents=True, exist_ok=True)
     sizes = {}
-    for name in (WEIGHTS, PRIOR_WEIGHTS):
+    for name in (VQVAE_WEIGHTS, PRIOR_WEIGHTS):
         tensors = load_file(run_dir / name)
         if half:
             tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
         data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={"source": str(run_dir.name), "dtype": "float16" if half else "float32"})
         atomic_write_bytes(dest / name, data)
-    for name, keep in ((CONFIG, ("format", "pegasus", "vqvae", "train", "data")), (PRIOR_CONFIG, ("format", "pegasus", "prior", "train", "latents"))):
-        config = json.loads((run_dir / name).read_text())
-        atomic_write_text(dest / name, json.dumps({k: config[k] for k in keep if k in config}, indent=2) + "\n")
-    for name in (EVAL, PRIOR_EVAL, SELECTION):
-        if (run_dir / name).is_file():
-            atomic_write_text(dest / name, (run_dir / name).read_text())
+    keep = {
+        CONFIG: ("format", "pegasus", "vqvae", "train", "data"),
+        PRIOR_CONFIG: ("format", "pegasus", "prior", "train", "latents"),
+        VQVAE_EVAL: None,
+        PRIOR_EVAL: None,
+        SELECTION: None,
+    }
+    for name, fields in keep.items():
+        if not (run_dir / name).is_file():
+            continue
+        record = json.loads((run_dir / name).read_text())
+        if fields is not None:
+            record = {k: record[k] for k in fields if k in record}
+        atomic_write_text(dest / name, json.dumps(_portable(record, dest / name), indent=2) + "\n")
     for path in dest.iterdir():
         sizes[path.name] = path.stat().st_size
     return sizes
+
+
+def _portable(record: dict, path: Path) -> dict:
+    """`record` with its data-set paths by name (an absolute one is the exporting machine's layout),
+    refusing any other absolute path: nothing machine-specific is shipped."""
+    record = json.loads(json.dumps(record))
+    for holder, key in ((record, "data"), (record.get("data"), "path")):
+        if isinstance(holder, dict) and isinstance(holder.get(key), str) and os.path.isabs(holder[key]):
+            holder[key] = Path(holder[key]).name
+
+    def check(value: object, where: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                check(v, f"{where}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                check(v, f"{where}[{i}]")
+        elif isinstance(value, str) and os.path.isabs(value):
+            raise CheckpointError(f"{path}: refusing to write the absolute path {value!r} ({where}) into shipped weights")
+
+    check(record, path.name)
+    return record

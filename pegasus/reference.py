@@ -1,10 +1,19 @@
-"""Pure-PyTorch reference implementations of the pegasus ops: the ground truth for every fast path."""
+"""Pure-PyTorch reference implementations of the pegasus ops: the ground truth for every fast path.
+
+`sample_loop` here is the cached raster loop (Ramachandran et al. 2017, Fast Generation for
+Convolutional Autoregressive Models) over the reference step ops: the "reference" sampler, and the
+Python twin of the C++ loop (csrc/sample_loop.cpp). The other pure-PyTorch sampler, "naive"
+(pegasus.sampling), reruns the whole prior at every position and is the ground truth of both.
+"""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from pegasus import packed_prior
 
 
 def nearest_code(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,8 +69,17 @@ def settle_overflow_rows(z: Tensor, codebook: Tensor, indices: Tensor, min_sq_di
 
 
 # --- Cached sampling ops --------------------------------------------------------------------------
-# The state of the cached raster loop, for a prior of L layers, C channels, kernel k = 2h + 1, a
-# batch of B and a grid of H x W (see GatedPixelCNN.pack_for_sampling for `weights`):
+# Each position costs one position's worth of work, using the split of pegasus/models/pixelcnn.py:
+# - at the start of row i, every layer's vertical convolution for the whole row i: it reads rows
+#   i-h..i of that layer's vertical input, all known, because the vertical stack of row i depends
+#   only on rows above it (h = kernel // 2);
+# - at (i, j), every layer's horizontal stack at that one position, from the cached row i of the
+#   vertical stack and the cached columns j-h..j of the horizontal input; then the head's logits
+#   over the K codes, the code, and its embedding, which the next position and the next row read.
+# With the same codes, the logits are those of `prior(grid, alpha)` up to rounding (float64: ~1e-15).
+#
+# The state of the loop, for a prior of L layers, C channels, kernel k = 2h + 1, a batch of B and a
+# grid of H x W (`weights`: the packed prior, pegasus/packed_prior.py):
 #
 #   v_state  Tensor[L, B, h+1, W+2h, C]  layer l's vertical input, rows i-h..i in a ring (row q in
 #            slot q % (h+1)), zero-padded by h columns on both sides; rows above the grid are the
@@ -79,10 +97,6 @@ def _gate_last(a: Tensor) -> Tensor:
     return torch.tanh(f) * torch.sigmoid(g)
 
 
-def _layer_weights(weights: list[Tensor], l: int) -> list[Tensor]:
-    return weights[1 + 7 * l : 8 + 7 * l]
-
-
 def sample_row(v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Tensor, row: int) -> None:
     """Row start of the cached loop, in place: for every layer l, its vertical convolution over row
     `row` from rows row-h..row of v_state[l]; writes v2h_row[l] and, for l < L-1, the gated vertical
@@ -91,7 +105,7 @@ def sample_row(v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Te
     h = ring - 1
     width, k = padded - 2 * h, 2 * h + 1
     for l in range(layers):
-        wv, bv, _, wvh, bhv, _, _ = _layer_weights(weights, l)
+        wv, bv, _, wvh, bhv, _, _ = packed_prior.layer(weights, l)
         rows = wv.shape[0] // (k * c)
         src = v_state[l][:, [(row - h + r) % ring for r in range(rows)]]  # [B, rows, W+2h, C]
         patches = src.unfold(2, k, 1).permute(0, 2, 1, 4, 3).reshape(batch, width, rows * k * c)
@@ -131,7 +145,7 @@ def sample_position(
     h = v_state.shape[2] - 1
     skip = None
     for l in range(layers):
-        _, _, wh, _, _, wos, bos = _layer_weights(weights, l)
+        _, _, wh, _, _, wos, bos = packed_prior.layer(weights, l)
         cols = wh.shape[0] // c
         x = x_state[l][:, col : col + cols].reshape(batch, cols * c)
         u = _gate_last(x @ wh + v2h_row[l][:, col])
@@ -140,7 +154,7 @@ def sample_position(
         if l + 1 < layers:
             x_state[l + 1][:, col + h] = x_out
         skip = out_skip[:, c:] if skip is None else skip + out_skip[:, c:]
-    w1, b1, w2, b2 = weights[1 + 7 * layers :]
+    w1, b1, w2, b2 = packed_prior.head(weights)
     logits = torch.relu(torch.relu(skip) @ w1 + b1) @ w2 + b2
     codes = choose_codes(logits, noise, temperature, top_k)
     emb = weights[0][codes]
@@ -151,10 +165,10 @@ def sample_position(
 
 def new_sampling_state(weights: list[Tensor], batch: int, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
     """Zeroed (v_state, x_state, v2h_row) for `weights` and a batch of B grids of height x width."""
-    layers = (len(weights) - 5) // 7
+    layers = packed_prior.num_layers(weights)
     e = weights[0]
     c = e.shape[1]
-    h = weights[3].shape[0] // c  # layer 0's wh has h columns (mask A)
+    h = packed_prior.layer(weights, 0).wh.shape[0] // c  # layer 0's wh has h columns (mask A)
     v_state = e.new_zeros(layers, batch, h + 1, width + 2 * h, c)
     x_state = e.new_zeros(layers, batch, width + h, c)
     v2h_row = e.new_zeros(layers, batch, width, 2 * c)
@@ -162,19 +176,28 @@ def new_sampling_state(weights: list[Tensor], batch: int, height: int, width: in
 
 
 def sample_loop(
-    weights: list[Tensor], cond: Tensor, noise: Tensor, temperature: float, top_k: int, return_logits: bool
+    weights: list[Tensor],
+    cond: Tensor,
+    noise: Tensor,
+    temperature: float,
+    top_k: int,
+    return_logits: bool,
+    row_step: Callable[..., None] = sample_row,
+    position_step: Callable[..., tuple[Tensor, Tensor]] = sample_position,
 ) -> tuple[Tensor, Tensor]:
-    """The cached raster loop over the reference step ops. noise: Tensor[B, H, W, K] ->
-    (grid Tensor[B, H, W] int64, logits Tensor[B, H, W, K] when return_logits, else empty)."""
+    """The cached raster loop, by default over the reference step ops (`row_step` and
+    `position_step` take other kernels of the same ops: pegasus.ops runs the Triton ones so on CPU
+    tensors). noise: Tensor[B, H, W, K] -> (grid Tensor[B, H, W] int64, logits Tensor[B, H, W, K]
+    when return_logits, else empty)."""
     batch, height, width, codes = noise.shape
     v_state, x_state, v2h_row = new_sampling_state(weights, batch, height, width)
     grid = torch.zeros(batch, height, width, dtype=torch.int64, device=noise.device)
     logits = weights[0].new_empty((batch, height, width, codes) if return_logits else (0,))
     for i in range(height):
-        sample_row(v_state, v2h_row, weights, cond, i)
+        row_step(v_state, v2h_row, weights, cond, i)
         x_state.zero_()
         for j in range(width):
-            grid[:, i, j], step_logits = sample_position(v_state, x_state, v2h_row, weights, noise[:, i, j], temperature, top_k, i, j)
+            grid[:, i, j], step_logits = position_step(v_state, x_state, v2h_row, weights, noise[:, i, j], temperature, top_k, i, j)
             if return_logits:
                 logits[:, i, j] = step_logits
     return grid, logits

@@ -7,37 +7,29 @@ Every backend draws the code at (i, j) of sample b as
 
 with one Gumbel noise tensor G: Tensor[B, H, W, K], from `gumbel_noise(seed, ...)` or passed in.
 With the same G, every backend must give the same grid, which is how faster samplers are checked
-against the reference.
+against the ground truth.
 
-Backends:
-- "reference": naive ancestral sampling in raster order; each of the H*W steps runs the whole prior
-  on the whole grid and reads the logits at that position.
-- "cached": the same choices from a Python loop that keeps each layer's vertical rows and horizontal
-  columns and computes one position's worth of work per step (pegasus.cached_sampling).
-- "cpu": the cached loop owned by C++ (`pegasus::sample_loop`, csrc/sample_loop.cpp) over the
-  prior's packed weights, calling the C++ step kernels `pegasus::sample_row` / `sample_position`.
-- "triton": the same C++ loop calling the Triton step kernels (`pegasus.kernels.sample_step`) on
-  CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
+Sampler backends (the table: pegasus.backends.SAMPLER):
+- "naive": ancestral sampling in raster order where each of the H*W steps runs the whole prior on
+  the whole grid and reads the logits at that position (`sample_naive`): the ground truth.
+- "reference": the cached loop in pure PyTorch (`pegasus.reference.sample_loop` over the reference
+  step ops): one position's worth of work per step; the reference of the C++ and Triton steps.
+- "cpu", "triton": the same loop owned by C++ (`pegasus::sample_loop`) over the packed prior,
+  calling the step ops `pegasus::sample_row` / `sample_position`, whose kernel the dispatcher
+  picks by device (C++ on the CPU, Triton on CUDA).
 
 The default is the fastest that can run: "triton" for a prior on CUDA, "cpu" on the CPU when the
-extension loaded, else "cached". `PEGASUS_BACKEND`, when set to one of these names, comes before
-the default; a backend that was asked for and cannot run raises RuntimeError saying why.
+extension loaded, else "reference". PEGASUS_SAMPLER_BACKEND comes before the default.
 """
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import Tensor
 
-from pegasus import _extension
-from pegasus.backend import _triton_unavailable
-from pegasus.cached_sampling import cached_loop
+from pegasus import backends, ops, reference
 from pegasus.models.pixelcnn import GatedPixelCNN
-
-SAMPLER_BACKENDS = ("reference", "cached", "cpu", "triton")
-
 
 def gumbel_noise(
     n: int, grid: tuple[int, int], codes: int, seed: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
@@ -50,16 +42,6 @@ def gumbel_noise(
     # u = 0 would give -inf; the smallest positive double keeps every code possible.
     g = -torch.log(-torch.log(u.clamp_(min=torch.finfo(torch.float64).tiny)))
     return g.to(dtype=dtype, device=device)
-
-
-def choose(logits: Tensor, noise: Tensor, temperature: float, top_k: int | None) -> Tensor:
-    """Gumbel-max choice: logits Tensor[B, K] and noise Tensor[B, K] -> codes Tensor[B] int64.
-    With top_k, codes outside the k largest logits cannot win (ties at the k-th logit are kept)."""
-    scores = logits / temperature + noise
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        scores = scores.masked_fill(logits < kth, -math.inf)
-    return scores.argmax(dim=-1)
 
 
 def check_sampling_args(
@@ -124,88 +106,26 @@ def _check_finite_prior(prior: GatedPixelCNN) -> None:
 
 
 @torch.no_grad()
-def _sample_reference(
+def sample_naive(
     prior: GatedPixelCNN, alpha: Tensor, noise: Tensor, temperature: float, top_k: int | None, rows: int | None = None
 ) -> Tensor:
-    """rows: stop after this many rows (pegasus.bench_sampler times the slow naive loop that way)."""
+    """The naive sampler: a full pass of `prior` over the whole grid for every position.
+    alpha: Tensor[B]; noise: Tensor[B, H, W, K] -> grid Tensor[B, H, W] int64.
+    rows: stop after this many rows (pegasus.bench.sampler times the slow naive loop that way)."""
     n, height, width, _ = noise.shape
     grid = torch.zeros(n, height, width, dtype=torch.int64, device=noise.device)
     for i in range(height if rows is None else rows):
         for j in range(width):
             logits = prior(grid, alpha)[:, :, i, j]
-            grid[:, i, j] = choose(logits, noise[:, i, j].to(logits.dtype), temperature, top_k)
+            grid[:, i, j] = reference.choose_codes(logits, noise[:, i, j], temperature, top_k or 0)
     return grid
-
-
-def _sample_cached(prior: GatedPixelCNN, alpha: Tensor, noise: Tensor, temperature: float, top_k: int | None) -> Tensor:
-    _, height, width, _ = noise.shape
-
-    def sample(i: int, j: int, logits: Tensor) -> Tensor:
-        return choose(logits, noise[:, i, j].to(logits.dtype), temperature, top_k)
-
-    return cached_loop(prior, alpha, height, width, sample)
-
-
-def _sample_loop(kernels: str):
-    def sample(prior: GatedPixelCNN, alpha: Tensor, noise: Tensor, temperature: float, top_k: int | None) -> Tensor:
-        weights = prior.pack_for_sampling()
-        cond = prior.sampling_conditioning(alpha)
-        grid, _ = torch.ops.pegasus.sample_loop(
-            weights, cond, noise.to(weights[0].dtype), temperature, top_k or 0, kernels, False
-        )
-        return grid
-
-    return sample
-
-
-_SAMPLERS = {
-    "reference": _sample_reference,
-    "cached": _sample_cached,
-    "cpu": _sample_loop("cpu"),
-    "triton": _sample_loop("triton"),
-}
-
-
-def _unavailable(name: str, prior: GatedPixelCNN) -> str | None:
-    """Why sampler backend `name` cannot run `prior`, or None."""
-    param = next(prior.parameters())
-    if name in ("reference", "cached"):
-        return None
-    if param.dtype not in (torch.float32, torch.float64):
-        return f"its kernels run float32 and float64 priors, got a {param.dtype} prior"
-    if name == "cpu":
-        if not _extension.has_cpp_ops():
-            return f"the C++ extension pegasus._C did not load ({_extension.cpp_load_error()})"
-        if param.device.type != "cpu":
-            return f"it runs a prior on the CPU, got one on {param.device}"
-        return None
-    why = _triton_unavailable("sample_position_triton", param.device)
-    if why is None:
-        import pegasus.kernels.sample_step  # noqa: F401  registers the Triton step kernels
-    return why
-
-
-def resolve_sampler(backend: str | None, prior: GatedPixelCNN) -> str:
-    """The sampler backend to run `prior`: the argument, else PEGASUS_BACKEND, else the fastest
-    available ("triton" on CUDA, "cpu" on the CPU, else "cached"). Raises ValueError for an unknown
-    name and RuntimeError for a backend that was asked for and cannot run."""
-    name = backend if backend is not None else os.environ.get("PEGASUS_BACKEND") or None
-    if name is None:
-        fastest = "triton" if next(prior.parameters()).device.type == "cuda" else "cpu"
-        return fastest if _unavailable(fastest, prior) is None else "cached"
-    where = "backend" if backend is not None else "PEGASUS_BACKEND"
-    if name not in SAMPLER_BACKENDS:
-        raise ValueError(f"{where} should be one of {', '.join(SAMPLER_BACKENDS)}, got {name!r}")
-    why = _unavailable(name, prior)
-    if why is not None:
-        raise RuntimeError(f"sampler backend {name!r} unavailable: {why}")
-    return name
 
 
 def sample_indices(
     prior: GatedPixelCNN,
     n: int,
     alpha: float = 0.5,
+    *,
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int = 0,
@@ -219,18 +139,55 @@ def sample_indices(
     top_k: restrict each choice to the k largest logits (None: all codes).
     noise: Gumbel noise Tensor[n, H, W, K] (float); when None, `gumbel_noise(n, prior.cfg.grid,
     K, seed)`. Its (H, W) is the grid sampled, so other grid sizes can be asked for.
-    backend: "reference", "cached", "cpu" or "triton" (see the module docstring); every backend
-    gives the same grid for the same noise. None: PEGASUS_BACKEND, else the fastest available.
+    backend: "naive", "reference", "cpu" or "triton" (see the module docstring); every backend
+    gives the same grid for the same noise. None: PEGASUS_SAMPLER_BACKEND, else the fastest available.
     """
     height, width = check_sampling_args(prior, n, alpha, temperature, top_k, noise)
-    sampler = _SAMPLERS[resolve_sampler(backend, prior)]
     param = next(prior.parameters())
+    name = backends.resolve(backends.SAMPLER, backend, param.device, param.dtype)
     if noise is None:
+        check_fits(n, (height, width), prior.cfg.codes, param.device)
         noise = gumbel_noise(n, (height, width), prior.cfg.codes, seed, device=param.device)
+    noise = noise.to(device=param.device, dtype=param.dtype)
     alphas = torch.full((n,), float(alpha), dtype=param.dtype, device=param.device)
     was_training = prior.training
     prior.eval()
     try:
-        return sampler(prior, alphas, noise.to(param.device), float(temperature), top_k)
+        if name == "naive":
+            return sample_naive(prior, alphas, noise, float(temperature), top_k)
+        with torch.no_grad():
+            weights, cond = prior.pack_for_sampling(), prior.sampling_conditioning(alphas)
+        grid, _ = ops.sample_loop(weights, cond, noise, float(temperature), top_k or 0, False, backend=name)
+        return grid
     finally:
         prior.train(was_training)
+
+
+def check_fits(n: int, grid: tuple[int, int], codes: int, device: torch.device) -> None:
+    """MemoryError saying how many samples fit, when drawing the noise of n samples would not fit in
+    the memory available now: gumbel_noise holds n*H*W*K float64 draws and their float32 copy
+    (12 bytes a value, plus the grids), all at once."""
+    per_sample = grid[0] * grid[1] * codes * 12
+    need = n * per_sample
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = _available_ram()
+    if free is not None and need > free:
+        raise MemoryError(
+            f"n={n} samples would need {need / 2**30:.1f} GiB for their Gumbel noise ({grid[0]}x{grid[1]} positions x "
+            f"{codes} codes x 12 bytes each), but {free / 2**30:.1f} GiB is available on {device.type}: at most "
+            f"{free // per_sample} fit now; sample fewer at a time"
+        )
+
+
+def _available_ram() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

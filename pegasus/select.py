@@ -1,21 +1,9 @@
-"""Picking white birds and white horses: a whiteness score, top-N selection, a contact sheet.
+"""Stage 2, picking white birds and white horses: a whiteness score, top-N selection, a contact sheet.
 
-The whiteness score of an image (uint8 [H, W, 3]) is
-
-    w(p)  = min(R, G, B) / 255                  per pixel: HSV value x (1 - saturation), so only
-                                                pixels that are both bright and grey score high
-    C     = mean of w over the centre           the central square, rows and columns H/4 .. 3H/4
-                                                (a quarter of the area: where the animal sits)
-    B     = mean of w over the border           the ring of width max(1, H/8) along the edges
-    score = C - B                               in [-1, 1]
-
-A white animal on a darker background scores high (C near 1, B low); a white sky or snow field
-scores near 0 or below, because it is as white at the border as in the centre (and a dark bird
-in front of it lowers C).
+The score is `pegasus.images.whiteness` (bright, unsaturated pixels in the centre minus the border).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,46 +13,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from pegasus.checkpoint import atomic_write_text
 from pegasus.data import ImageDataset
-from pegasus.data._dataset import SPLITS
-from pegasus.images import make_grid, save_png
+from pegasus.images import make_grid, save_image, whiteness
+from pegasus.rundir import CONTACT_SHEET, SelectionError, check_ids, class_index, write_selection as write_selection_record
 
-SELECTION, CONTACT_SHEET = "selection.json", "selection.png"
+__all__ = ["DEFAULT_PICKS", "Selection", "SelectionError", "contact_sheet", "pick_class", "read_ids", "select_white", "whiteness", "write_selection"]
 # Defaults from CIFAR-10 train (5000 images per class; scores measured: median -0.02 bird, -0.08
 # horse; 99th percentile 0.29 and 0.35). On the contact sheet of the top 48, the birds are white
 # or pale through rank ~24 (score >= 0.33), then ostrich heads and blue birds creep in; the horses
 # are white through rank 48 (score >= 0.36), so 32 keeps a margin. 24 x 32 = 768 pairs, x 11
 # alphas = 8448 latent grids for the prior.
 DEFAULT_PICKS = {"bird": 24, "horse": 32}
-
-
-class SelectionError(ValueError):
-    """No bird or horse class, an empty selection, or ids that do not fit the data set."""
-
-
-def whiteness(images: np.ndarray) -> np.ndarray:
-    """Whiteness score (module docstring) of uint8 images [N, H, W, 3] -> float64 [N] in [-1, 1]."""
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        raise ValueError(f"whiteness expected uint8 images [N, H, W, 3], got {images.dtype} {list(images.shape)}")
-    n, h, w, _ = images.shape
-    scores = np.empty(n, dtype=np.float64)
-    ring_h, ring_w = max(1, h // 8), max(1, w // 8)
-    border = np.zeros((h, w), dtype=bool)
-    border[:ring_h], border[-ring_h:], border[:, :ring_w], border[:, -ring_w:] = True, True, True, True
-    for start in range(0, n, 4096):  # bounded memory on 100k-image data sets
-        white = images[start : start + 4096].min(axis=3).astype(np.float64) / 255
-        centre = white[:, h // 4 : h - h // 4, w // 4 : w - w // 4].mean(axis=(1, 2))
-        scores[start : start + len(white)] = centre - white[:, border].mean(axis=1)
-    return scores
-
-
-def class_index(ds: ImageDataset, name: str) -> int:
-    """Label of the class called `name` (case-insensitive)."""
-    matches = [k for k, c in enumerate(ds.classes) if c.lower() == name.lower()]
-    if not matches:
-        raise SelectionError(f"{ds.source}: no {name!r} class (case-insensitive); its classes are {ds.classes}")
-    return matches[0]
 
 
 @dataclass
@@ -82,13 +41,7 @@ def pick_class(ds: ImageDataset, name: str, n: int | None, ids: list[int] | None
     label = class_index(ds, name)
     members = np.flatnonzero(ds.labels == label)
     if ids is not None:
-        chosen = np.asarray(ids, dtype=np.int64)
-        bad = [int(i) for i in chosen if not 0 <= i < len(ds)]
-        if bad:
-            raise SelectionError(f"{name} ids {bad[:5]} are out of range: the split has {len(ds)} images (ids 0..{len(ds) - 1})")
-        wrong = [int(i) for i in chosen if ds.labels[i] != label]
-        if wrong:
-            raise SelectionError(f"{name} ids {wrong[:5]} are not {ds.classes[label]!r} images")
+        chosen = np.asarray(check_ids(ds, name, list(ids)), dtype=np.int64)
     else:
         if n is not None and n < 1:
             raise SelectionError(f"{name}s should be >= 1, got {n}")
@@ -150,38 +103,14 @@ def contact_sheet(ds: ImageDataset, picks: list[Selection], ncol: int = 8) -> np
 
 def write_selection(run_dir: str | os.PathLike, ds: ImageDataset, split: str, picks: tuple[Selection, Selection]) -> dict[str, Any]:
     """Write RUN_DIR/selection.json (data path, split, ids and scores) and selection.png."""
-    run_dir = Path(run_dir)
     record = {
-        "data": str(Path(ds.source).resolve()),
+        # As given (ds.source keeps the user's spelling): a run records no machine's absolute layout
+        # unless it was given one, and pegasus.pretrained.export_run ships the data set by name.
+        "data": ds.source,
         "split": split,
         "score": "min(R,G,B)/255 averaged over the central square minus over the border ring (pegasus.select)",
         **{f"{s.name}s": {"ids": s.ids, "scores": s.scores} for s in picks},
     }
-    atomic_write_text(run_dir / SELECTION, json.dumps(record, indent=2))
-    save_png(contact_sheet(ds, list(picks)), run_dir / CONTACT_SHEET)
-    return record
-
-
-def read_selection(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """RUN_DIR/selection.json as written by `write_selection` (or edited by hand)."""
-    path = Path(run_dir) / SELECTION
-    if not path.is_file():
-        raise SelectionError(f"{path} is missing: run `pegasus select --run {run_dir} --data PATH` first")
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
-        raise SelectionError(f"{path}: not a JSON file ({e})") from e
-    if not isinstance(record, dict):
-        raise SelectionError(f"{path}: not a selection file, expected a JSON object, got {type(record).__name__}")
-    missing = [k for k in ("data", "split", "birds", "horses") if k not in record]
-    if missing:
-        raise SelectionError(f"{path}: not a selection file, it lacks {missing}")
-    if not isinstance(record["data"], str):
-        raise SelectionError(f"{path}: \"data\" should be the data set's path, got {record['data']!r}")
-    if record["split"] not in SPLITS:
-        raise SelectionError(f"{path}: \"split\" should be one of {', '.join(SPLITS)}, got {record['split']!r}")
-    for key in ("birds", "horses"):
-        ids = record[key].get("ids") if isinstance(record[key], dict) else None
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise SelectionError(f"{path}: \"{key}\" should be {{\"ids\": [integer, ...]}}, got {json.dumps(record[key])[:80]}")
+    write_selection_record(run_dir, record)
+    save_image(contact_sheet(ds, list(picks)), Path(run_dir) / CONTACT_SHEET)
     return record

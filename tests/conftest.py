@@ -14,10 +14,25 @@ def pytest_report_header(config):
 needs_ext = pytest.mark.skipif(not _extension.has_cpp_ops(), reason=f"pegasus._C not loaded: {_extension.cpp_load_error()}")
 
 
+def random_prior(codes: int, layers: int, kernel: int, conditional: bool, dtype: torch.dtype, seed: int = 0):
+    """A random GatedPixelCNN whose biases are random too (nn.Conv2d's default init leaves them small
+    but nonzero; randomising them makes a wrongly placed bias or padding visible in the logits)."""
+    from pegasus import GatedPixelCNN
+
+    torch.manual_seed(seed)
+    prior = GatedPixelCNN(codes=codes, channels=6, layers=layers, kernel=kernel, conditional=conditional)
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.normal_(0, 0.5)
+    return prior.to(dtype).eval()
+
+
 @pytest.fixture(autouse=True)
 def _no_backend_env(monkeypatch):
-    # A developer's PEGASUS_BACKEND must not change what the tests check.
-    monkeypatch.delenv("PEGASUS_BACKEND", raising=False)
+    # A developer's backend variables must not change what the tests check (PEGASUS_BACKEND is
+    # retired, and raises if set, but a stale one in a shell must not fail every test either).
+    for name in ("PEGASUS_BACKEND", "PEGASUS_NEAREST_CODE_BACKEND", "PEGASUS_SAMPLER_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -35,7 +35,10 @@ def test_data_describes(tiny_folder, capsys):
 def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "pegasus._C" in out and "default nearest_code backend for CPU tensors" in out and "default sampler" in out
+    assert "pegasus._C" in out and "nearest_code (nearest_code; PEGASUS_NEAREST_CODE_BACKEND):" in out
+    assert "sampler (sample_row, sample_position, sample_loop; PEGASUS_SAMPLER_BACKEND):" in out
+    # The default of each family on CPU tensors.
+    assert out.count("default -> cpu: ") == 2
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
@@ -86,36 +89,36 @@ def _one_line_error(capsys, text):
 def test_select_interpolate_train_prior_sample(tiny_folder, tiny_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("selection*", "latents*", "interp*", "prior*", "pegasi*"))
-    assert main(["select", "--run", str(run), "--data", str(tiny_folder), "--birds", "3", "--horses", "4"]) == 0
+    assert main(["select", "--run-dir", str(run), "--data", str(tiny_folder), "--birds", "3", "--horses", "4"]) == 0
     assert "birds: 3 picks" in capsys.readouterr().out
     (tmp_path / "birds.txt").write_text("99999\n")
-    assert main(["select", "--run", str(run), "--data", str(tiny_folder), "--bird-ids", str(tmp_path / "birds.txt")]) == 1
+    assert main(["select", "--run-dir", str(run), "--data", str(tiny_folder), "--bird-ids", str(tmp_path / "birds.txt")]) == 1
     _one_line_error(capsys, "bird ids [99999] are out of range")
     assert len(json.loads((run / "selection.json").read_text())["horses"]["ids"]) == 4  # left as it was
 
-    assert main(["interpolate", "--run", str(run), "--pairs", "6", "--alphas", "0", "0.5", "1"]) == 0
+    assert main(["interpolate", "--run-dir", str(run), "--pairs", "6", "--alphas", "0", "0.5", "1"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["grids"] == 18
 
     prior = ["--channels", "8", "--layers", "2", "--kernel", "3", "--batch-size", "8", "--device", "cpu"]
-    assert main(["train-prior", "--run", str(run), "--steps", "3", *prior]) == 0
-    assert main(["train-prior", "--run", str(run), "--steps", "5", "--resume"]) == 0
+    assert main(["train-prior", "--run-dir", str(run), "--steps", "3", *prior]) == 0
+    assert main(["train-prior", "--run-dir", str(run), "--steps", "5", "--resume"]) == 0
     assert json.loads((run / "prior_eval.json").read_text())["steps"] == 5
     capsys.readouterr()
 
     png = tmp_path / "pegasi.png"
-    assert main(["sample", "--run", str(run), "--n", "4", "--best-of", "6", "--top-k", "5", "--alpha", "0.7",
-                 "--temperature", "0.8", "--seed", "3", "--backend", "reference", "--out", str(png)]) == 0
+    assert main(["sample", "--run-dir", str(run), "-n", "4", "--best-of", "6", "--top-k", "5", "--alpha", "0.7",
+                 "--temperature", "0.8", "--seed", "3", "--backend", "naive", "--out", str(png)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["samples"] == 6 and summary["kept"] == 4 and summary["seconds_per_step"] > 0
     assert Image.open(png).size[0] > 4 * 16
 
     for argv, text in [
         (["--alpha", "1.5"], "alpha should be in [0, 1], got 1.5"),
-        (["--n", "4", "--best-of", "2"], "best-of should be >= n (4), got 2"),
+        (["--num-samples", "4", "--best-of", "2"], "best-of should be >= n (4), got 2"),
     ]:
-        assert main(["sample", "--run", str(run), *argv]) == 1
+        assert main(["sample", "--run-dir", str(run), *argv]) == 1
         _one_line_error(capsys, text)
-    assert main(["sample", "--run", str(tmp_path / "empty")]) == 1
+    assert main(["sample", "--run-dir", str(tmp_path / "empty")]) == 1
     _one_line_error(capsys, "config.json is missing: run `pegasus train-vqvae")
 
 
@@ -154,24 +157,26 @@ def test_bench_rejects_a_bad_shape(capsys):
     assert "expected NxKxD with positive integers, got '64x8'" in capsys.readouterr().err
 
 
-def test_bench_sampler_records_and_the_scaled_reference():
-    from pegasus import bench_sampler
+def test_bench_sampler_records_and_the_scaled_naive():
+    from pegasus.bench import harness, sampler
 
-    records, _ = bench_sampler.run([((3, 2), 2)], min_run_time=0.01, full_reference_up_to=4, reference_rows=1)
+    records, _ = sampler.run([((3, 2), 2)], min_run_time=0.01, full_naive_up_to=4, naive_rows=1)
     by_backend = {r.backend: r for r in records}
-    assert {"reference", "cached", "cpu"} <= set(by_backend)
-    ref = by_backend["reference"]
-    assert ref.reference_rows_timed == 1 and ref.speedup_vs_reference == 1.0  # 6 positions > 4: scaled from 1 row
-    assert by_backend["cached"].speedup_vs_cached == 1.0 and by_backend["cpu"].reference_rows_timed is None
+    assert {"naive", "reference", "cpu"} <= set(by_backend)
+    naive = by_backend["naive"]
+    assert naive.naive_rows_timed == 1 and naive.speedup_vs_naive == 1.0  # 6 positions > 4: scaled from 1 row
+    assert by_backend["reference"].speedup_vs_reference == 1.0 and by_backend["cpu"].naive_rows_timed is None
     for r in records:
         assert r.op == "sample" and r.grid == "3x2" and r.batch == 2 and r.device == "cpu"
         assert r.median_s > 0 and r.samples_per_s == pytest.approx(2 / r.median_s)
-        assert r.speedup_vs_reference == pytest.approx(ref.median_s / r.median_s)
-    lines = bench_sampler.to_json_lines(records).splitlines()
-    keys = {"op", "grid", "batch", "backend", "device", "median_s", "samples_per_s", "runs", "speedup_vs_reference",
-            "speedup_vs_cached", "reference_rows_timed"}
+        assert r.speedup_vs_naive == pytest.approx(naive.median_s / r.median_s)
+    lines = harness.to_json_lines(records).splitlines()
+    keys = {"op", "grid", "batch", "backend", "device", "median_s", "samples_per_s", "runs", "speedup_vs_naive",
+            "speedup_vs_reference", "naive_rows_timed"}
     assert all(set(json.loads(line)) == keys for line in lines)
-    assert "| 3x2 | 2 | reference |" in bench_sampler.format_table(records)
+    table = sampler.format_table(records)
+    assert "| grid | batch | backend | median ms | samples/s | vs naive | vs reference |" in table
+    assert "| 3x2 | 2 | naive |" in table
 
 
 def test_bench_sampler_rejects_shape(capsys):

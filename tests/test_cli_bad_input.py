@@ -33,7 +33,7 @@ from pegasus.data.synthetic import (
 )
 from pegasus.models import VQVAE
 from pegasus.models.pixelcnn import GatedPixelCNN
-from pegasus.prior import load_prior
+from pegasus.rundir import load_prior
 
 from .conftest import TINY_MODEL
 
@@ -162,7 +162,7 @@ def latents_bytes(indices: torch.Tensor) -> bytes:
 FRESH_PRIOR = ("prior_checkpoint.safetensors", "prior_checkpoint.prev.safetensors", "prior.safetensors", "prior_eval.json")
 TV = ["--steps", "1", "--batch-size", "4", "--codes", "8", "--dim", "4", "--device", "cpu"]
 TP = ["--steps", "1", "--channels", "4", "--layers", "1", "--kernel", "3", "--batch-size", "4", "--device", "cpu"]
-SAMPLE = ["--n", "2", "--backend", "cpu"]
+SAMPLE = ["-n", "2", "--backend", "cpu"]
 SAFETENSORS_ERROR = "not a readable safetensors file"
 
 
@@ -174,8 +174,17 @@ def other_codes_vqvae() -> bytes:
     return state_bytes(VQVAE(**{**TINY_MODEL, "codes": 16}))
 
 
+# The command each missing file names (the "is missing" messages).
+MAKES = {
+    "config.json": "pegasus train-vqvae --data PATH --out",
+    "vqvae.safetensors": "pegasus train-vqvae --data PATH --out",
+    "prior_config.json": "pegasus train-prior --run-dir",
+    "prior.safetensors": "pegasus train-prior --run-dir",
+}
+
+
 def sample_without(name: str) -> Callable[[Env], tuple[list, list[str]]]:
-    return lambda e: (["sample", "--run", e.run_copy((name,)), *SAMPLE], [f"{name} is missing", "first"])
+    return lambda e: (["sample", "--run-dir", e.run_copy((name,)), *SAMPLE], [f"{name} is missing", f"run `{MAKES[name]}", "first"])
 
 
 def selection(e: Env, **fields: object) -> bytes:
@@ -216,94 +225,94 @@ CASES: dict[str, tuple[Case, int]] = {
         lambda e: (["train-vqvae", "--data", truncate(e.data("cifar-tgz"), 0.7), "--out", e.tmp / "o", *TV], ["cifar-10-python.tar.gz", "tar archive"]), 1),
     "train-vqvae/resume nothing": (lambda e: (["train-vqvae", "--data", e.folder, "--out", e.tmp / "o", *TV, "--resume"], ["--resume", "checkpoint"]), 1),
     # --- select ------------------------------------------------------------------------------------
-    "select/missing data": (lambda e: (["select", "--run", e.tmp / "r", "--data", e.tmp / "nowhere"], ["nowhere", "no such file"]), 1),
+    "select/missing data": (lambda e: (["select", "--run-dir", e.tmp / "r", "--data", e.tmp / "nowhere"], ["nowhere", "no such file"]), 1),
     "select/truncated cifar batch": (
-        lambda e: (["select", "--run", e.tmp / "r", "--data", truncate(e.data("cifar-bin") / "data_batch_3.bin", 100).parent], ["data_batch_3.bin", "3073-byte record"]), 1),
-    "select/corrupt image": (lambda e: (["select", "--run", e.tmp / "r", "--data", (f := e.folder_copy())], [str(corrupt_image(f)), "PNG/JPEG"]), 1),
+        lambda e: (["select", "--run-dir", e.tmp / "r", "--data", truncate(e.data("cifar-bin") / "data_batch_3.bin", 100).parent], ["data_batch_3.bin", "3073-byte record"]), 1),
+    "select/corrupt image": (lambda e: (["select", "--run-dir", e.tmp / "r", "--data", (f := e.folder_copy())], [str(corrupt_image(f)), "PNG/JPEG"]), 1),
     "select/missing ids file": (
-        lambda e: (["select", "--run", e.tmp / "r", "--data", e.folder, "--bird-ids", e.tmp / "ids.txt"], ["ids.txt", "cannot read the ids file"]), 1),
+        lambda e: (["select", "--run-dir", e.tmp / "r", "--data", e.folder, "--bird-ids", e.tmp / "ids.txt"], ["ids.txt", "cannot read the ids file"]), 1),
     "select/ids not integers": (
-        lambda e: (["select", "--run", e.tmp / "r", "--data", e.folder, "--horse-ids", e.file("ids.txt", b"1, 2, x")], ["ids.txt", "integer ids"]), 1),
+        lambda e: (["select", "--run-dir", e.tmp / "r", "--data", e.folder, "--horse-ids", e.file("ids.txt", b"1, 2, x")], ["ids.txt", "integer ids"]), 1),
     "select/ids file binary": (
-        lambda e: (["select", "--run", e.tmp / "r", "--data", e.folder, "--bird-ids", e.file("ids.bin", b"\xff\xfe\x00")], ["ids.bin", "cannot read the ids file"]), 1),
+        lambda e: (["select", "--run-dir", e.tmp / "r", "--data", e.folder, "--bird-ids", e.file("ids.bin", b"\xff\xfe\x00")], ["ids.bin", "cannot read the ids file"]), 1),
     "select/ids out of range": (
-        lambda e: (["select", "--run", e.tmp / "r", "--data", e.folder, "--bird-ids", e.file("ids.txt", b"-1")], ["bird ids [-1] are out of range"]), 1),
+        lambda e: (["select", "--run-dir", e.tmp / "r", "--data", e.folder, "--bird-ids", e.file("ids.txt", b"-1")], ["bird ids [-1] are out of range"]), 1),
     # --- interpolate -------------------------------------------------------------------------------
-    "interpolate/run dir missing": (lambda e: (["interpolate", "--run", e.tmp / "nowhere"], ["selection.json is missing", "pegasus select"]), 1),
-    "interpolate/selection not JSON": (lambda e: (["interpolate", "--run", e.run_copy(selection__json=b"{not json")], ["selection.json", "not a JSON file"]), 1),
-    "interpolate/selection a list": (lambda e: (["interpolate", "--run", e.run_copy(selection__json=b"[1]")], ["selection.json", "expected a JSON object"]), 1),
+    "interpolate/run dir missing": (lambda e: (["interpolate", "--run-dir", e.tmp / "nowhere"], ["selection.json is missing", "pegasus select --run-dir"]), 1),
+    "interpolate/selection not JSON": (lambda e: (["interpolate", "--run-dir", e.run_copy(selection__json=b"{not json")], ["selection.json", "not a JSON file"]), 1),
+    "interpolate/selection a list": (lambda e: (["interpolate", "--run-dir", e.run_copy(selection__json=b"[1]")], ["selection.json", "expected a JSON object"]), 1),
     "interpolate/selection data not a path": (
-        lambda e: (["interpolate", "--run", e.run_copy(selection__json=selection(e, data=5))], ["selection.json", '"data" should be']), 1),
+        lambda e: (["interpolate", "--run-dir", e.run_copy(selection__json=selection(e, data=5))], ["selection.json", '"data" should be']), 1),
     "interpolate/selection ids not integers": (
-        lambda e: (["interpolate", "--run", e.run_copy(selection__json=selection(e, birds={"ids": ["1"]}))], ["selection.json", '"birds" should be']), 1),
+        lambda e: (["interpolate", "--run-dir", e.run_copy(selection__json=selection(e, birds={"ids": ["1"]}))], ["selection.json", '"birds" should be']), 1),
     "interpolate/selection split": (
-        lambda e: (["interpolate", "--run", e.run_copy(selection__json=selection(e, split="val"))], ["selection.json", '"split" should be one of train, test']), 1),
+        lambda e: (["interpolate", "--run-dir", e.run_copy(selection__json=selection(e, split="val"))], ["selection.json", '"split" should be one of train, test']), 1),
     "interpolate/selection's data gone": (
-        lambda e: (["interpolate", "--run", e.run_copy(selection__json=selection(e, data=str(e.tmp / "gone")))], ["gone", "no such file"]), 1),
-    "interpolate/vqvae missing": (lambda e: (["interpolate", "--run", e.run_copy(("vqvae.safetensors",))], ["vqvae.safetensors is missing", "pegasus train-vqvae"]), 1),
-    "interpolate/config.json missing": (lambda e: (["interpolate", "--run", e.run_copy(("config.json",))], ["config.json is missing"]), 1),
-    "interpolate/config.json corrupt": (lambda e: (["interpolate", "--run", e.run_copy(config__json=b"{")], ["config.json"]), 1),
-    "interpolate/vqvae random bytes": (lambda e: (["interpolate", "--run", e.run_copy(vqvae__safetensors=os.urandom(1000))], ["vqvae.safetensors", SAFETENSORS_ERROR]), 1),
-    "interpolate/vqvae is a pickle": (lambda e: (["interpolate", "--run", e.run_copy(vqvae__safetensors=pickle_bytes())], ["vqvae.safetensors", SAFETENSORS_ERROR]), 1),
+        lambda e: (["interpolate", "--run-dir", e.run_copy(selection__json=selection(e, data=str(e.tmp / "gone")))], ["gone", "no such file"]), 1),
+    "interpolate/vqvae missing": (lambda e: (["interpolate", "--run-dir", e.run_copy(("vqvae.safetensors",))], ["vqvae.safetensors is missing", "pegasus train-vqvae"]), 1),
+    "interpolate/config.json missing": (lambda e: (["interpolate", "--run-dir", e.run_copy(("config.json",))], ["config.json is missing"]), 1),
+    "interpolate/config.json corrupt": (lambda e: (["interpolate", "--run-dir", e.run_copy(config__json=b"{")], ["config.json"]), 1),
+    "interpolate/vqvae random bytes": (lambda e: (["interpolate", "--run-dir", e.run_copy(vqvae__safetensors=os.urandom(1000))], ["vqvae.safetensors", SAFETENSORS_ERROR]), 1),
+    "interpolate/vqvae is a pickle": (lambda e: (["interpolate", "--run-dir", e.run_copy(vqvae__safetensors=pickle_bytes())], ["vqvae.safetensors", SAFETENSORS_ERROR]), 1),
     "interpolate/vqvae is torch.save": (
-        lambda e: (["interpolate", "--run", e.run_copy(vqvae__safetensors=torch_save_bytes(e.tmp))], ["vqvae.safetensors", SAFETENSORS_ERROR]), 1),
+        lambda e: (["interpolate", "--run-dir", e.run_copy(vqvae__safetensors=torch_save_bytes(e.tmp))], ["vqvae.safetensors", SAFETENSORS_ERROR]), 1),
     "interpolate/vqvae truncated": (
-        lambda e: (["interpolate", "--run", e.run_copy(vqvae__safetensors=e.bytes_of("vqvae.safetensors")[:-100])], ["vqvae.safetensors", SAFETENSORS_ERROR]), 1),
+        lambda e: (["interpolate", "--run-dir", e.run_copy(vqvae__safetensors=e.bytes_of("vqvae.safetensors")[:-100])], ["vqvae.safetensors", SAFETENSORS_ERROR]), 1),
     "interpolate/vqvae truncated header": (
-        lambda e: (["interpolate", "--run", e.run_copy(vqvae__safetensors=e.bytes_of("vqvae.safetensors")[:20])], ["vqvae.safetensors", SAFETENSORS_ERROR]), 1),
-    "interpolate/vqvae empty": (lambda e: (["interpolate", "--run", e.run_copy(vqvae__safetensors=b"")], ["vqvae.safetensors", SAFETENSORS_ERROR]), 1),
+        lambda e: (["interpolate", "--run-dir", e.run_copy(vqvae__safetensors=e.bytes_of("vqvae.safetensors")[:20])], ["vqvae.safetensors", SAFETENSORS_ERROR]), 1),
+    "interpolate/vqvae empty": (lambda e: (["interpolate", "--run-dir", e.run_copy(vqvae__safetensors=b"")], ["vqvae.safetensors", SAFETENSORS_ERROR]), 1),
     "interpolate/vqvae of other codes": (
-        lambda e: (["interpolate", "--run", e.run_copy(vqvae__safetensors=other_codes_vqvae())], ["vqvae.safetensors", "has shape (16, 8), the model expects (32, 8)"]), 1),
-    "interpolate/--alphas 2": (lambda e: (["interpolate", "--run", e.run_copy(), "--alphas", "0", "2"], ["alphas should be", "[0, 1], got [0.0, 2.0]"]), 1),
-    "interpolate/--alphas nan": (lambda e: (["interpolate", "--run", e.run_copy(), "--alphas", "nan"], ["alphas should be", "got [nan]"]), 1),
-    "interpolate/--pairs too many": (lambda e: (["interpolate", "--run", e.run_copy(), "--pairs", "100000"], ["pairs should be in 1..", "got 100000"]), 1),
+        lambda e: (["interpolate", "--run-dir", e.run_copy(vqvae__safetensors=other_codes_vqvae())], ["vqvae.safetensors", "has shape (16, 8), the model expects (32, 8)"]), 1),
+    "interpolate/--alphas 2": (lambda e: (["interpolate", "--run-dir", e.run_copy(), "--alphas", "0", "2"], ["alphas should be", "[0, 1], got [0.0, 2.0]"]), 1),
+    "interpolate/--alphas nan": (lambda e: (["interpolate", "--run-dir", e.run_copy(), "--alphas", "nan"], ["alphas should be", "got [nan]"]), 1),
+    "interpolate/--pairs too many": (lambda e: (["interpolate", "--run-dir", e.run_copy(), "--pairs", "100000"], ["pairs should be in 1..", "got 100000"]), 1),
     # --- train-prior -------------------------------------------------------------------------------
-    "train-prior/run dir missing": (lambda e: (["train-prior", "--run", e.tmp / "nowhere", *TP], ["latents.safetensors is missing", "pegasus interpolate"]), 1),
+    "train-prior/run dir missing": (lambda e: (["train-prior", "--run-dir", e.tmp / "nowhere", *TP], ["latents.safetensors is missing", "pegasus interpolate --run-dir"]), 1),
     "train-prior/latents random bytes": (
-        lambda e: (["train-prior", "--run", e.run_copy(FRESH_PRIOR, latents__safetensors=os.urandom(300)), *TP], ["latents.safetensors", SAFETENSORS_ERROR]), 1),
+        lambda e: (["train-prior", "--run-dir", e.run_copy(FRESH_PRIOR, latents__safetensors=os.urandom(300)), *TP], ["latents.safetensors", SAFETENSORS_ERROR]), 1),
     "train-prior/latents truncated": (
-        lambda e: (["train-prior", "--run", e.run_copy(FRESH_PRIOR, latents__safetensors=e.bytes_of("latents.safetensors")[:-7]), *TP],
+        lambda e: (["train-prior", "--run-dir", e.run_copy(FRESH_PRIOR, latents__safetensors=e.bytes_of("latents.safetensors")[:-7]), *TP],
                    ["latents.safetensors", SAFETENSORS_ERROR]), 1),
     "train-prior/latents a pickle": (
-        lambda e: (["train-prior", "--run", e.run_copy(FRESH_PRIOR, latents__safetensors=pickle_bytes()), *TP], ["latents.safetensors", SAFETENSORS_ERROR]), 1),
+        lambda e: (["train-prior", "--run-dir", e.run_copy(FRESH_PRIOR, latents__safetensors=pickle_bytes()), *TP], ["latents.safetensors", SAFETENSORS_ERROR]), 1),
     "train-prior/latents wrong shape": (
-        lambda e: (["train-prior", "--run", e.run_copy(FRESH_PRIOR, latents__safetensors=save({"indices": torch.zeros(3, 2, dtype=torch.int64), "alphas": torch.zeros(2)})), *TP],
+        lambda e: (["train-prior", "--run-dir", e.run_copy(FRESH_PRIOR, latents__safetensors=save({"indices": torch.zeros(3, 2, dtype=torch.int64), "alphas": torch.zeros(2)})), *TP],
                    ["latents.safetensors", "expected indices [P, A, h, w]"]), 1),
     "train-prior/latents float indices": (
-        lambda e: (["train-prior", "--run", e.run_copy(FRESH_PRIOR, latents__safetensors=latents_bytes(torch.zeros(3, 2, 4, 4))), *TP], ["int64 code grids"]), 1),
-    "train-prior/config.json missing": (lambda e: (["train-prior", "--run", e.run_copy((*FRESH_PRIOR, "config.json")), *TP], ["config.json", "pegasus train-vqvae"]), 1),
+        lambda e: (["train-prior", "--run-dir", e.run_copy(FRESH_PRIOR, latents__safetensors=latents_bytes(torch.zeros(3, 2, 4, 4))), *TP], ["int64 code grids"]), 1),
+    "train-prior/config.json missing": (lambda e: (["train-prior", "--run-dir", e.run_copy((*FRESH_PRIOR, "config.json")), *TP], ["config.json", "pegasus train-vqvae"]), 1),
     "train-prior/resume truncated checkpoint": (
-        lambda e: (["train-prior", "--run", e.run_copy(prior_checkpoint__safetensors=e.bytes_of("prior_checkpoint.safetensors")[:-50], prior_checkpoint__prev__safetensors=b""),
+        lambda e: (["train-prior", "--run-dir", e.run_copy(prior_checkpoint__safetensors=e.bytes_of("prior_checkpoint.safetensors")[:-50], prior_checkpoint__prev__safetensors=b""),
                     "--steps", "40", "--resume"], ["prior_checkpoint.safetensors", SAFETENSORS_ERROR]), 1),
-    "train-prior/--held-out 1.5": (lambda e: (["train-prior", "--run", e.run_copy(FRESH_PRIOR), *TP, "--held-out", "1.5"], ["held-out", "1.5"]), 1),
-    "train-prior/--kernel 4": (lambda e: (["train-prior", "--run", e.run_copy(FRESH_PRIOR), *TP[:-4], "--kernel", "4"], ["kernel", "4"]), 1),
+    "train-prior/--held-out 1.5": (lambda e: (["train-prior", "--run-dir", e.run_copy(FRESH_PRIOR), *TP, "--held-out", "1.5"], ["held-out", "1.5"]), 1),
+    "train-prior/--kernel 4": (lambda e: (["train-prior", "--run-dir", e.run_copy(FRESH_PRIOR), *TP[:-4], "--kernel", "4"], ["kernel", "4"]), 1),
     # --- sample ------------------------------------------------------------------------------------
-    "sample/run dir missing": (lambda e: (["sample", "--run", e.tmp / "nowhere", *SAMPLE], ["config.json is missing", "pegasus train-vqvae"]), 1),
+    "sample/run dir missing": (lambda e: (["sample", "--run-dir", e.tmp / "nowhere", *SAMPLE], ["config.json is missing", "pegasus train-vqvae"]), 1),
     "sample/config.json missing": (sample_without("config.json"), 1),
     "sample/vqvae.safetensors missing": (sample_without("vqvae.safetensors"), 1),
     "sample/prior_config.json missing": (sample_without("prior_config.json"), 1),
     "sample/prior.safetensors missing": (sample_without("prior.safetensors"), 1),
-    "sample/prior random bytes": (lambda e: (["sample", "--run", e.run_copy(prior__safetensors=os.urandom(300)), *SAMPLE], ["prior.safetensors", SAFETENSORS_ERROR]), 1),
-    "sample/prior is a pickle": (lambda e: (["sample", "--run", e.run_copy(prior__safetensors=pickle_bytes()), *SAMPLE], ["prior.safetensors", SAFETENSORS_ERROR]), 1),
+    "sample/prior random bytes": (lambda e: (["sample", "--run-dir", e.run_copy(prior__safetensors=os.urandom(300)), *SAMPLE], ["prior.safetensors", SAFETENSORS_ERROR]), 1),
+    "sample/prior is a pickle": (lambda e: (["sample", "--run-dir", e.run_copy(prior__safetensors=pickle_bytes()), *SAMPLE], ["prior.safetensors", SAFETENSORS_ERROR]), 1),
     "sample/prior truncated": (
-        lambda e: (["sample", "--run", e.run_copy(prior__safetensors=e.bytes_of("prior.safetensors")[:-10]), *SAMPLE], ["prior.safetensors", SAFETENSORS_ERROR]), 1),
+        lambda e: (["sample", "--run-dir", e.run_copy(prior__safetensors=e.bytes_of("prior.safetensors")[:-10]), *SAMPLE], ["prior.safetensors", SAFETENSORS_ERROR]), 1),
     "sample/prior of other channels": (
-        lambda e: (["sample", "--run", e.run_copy(prior__safetensors=state_bytes(GatedPixelCNN(codes=32, channels=16, layers=2, kernel=3, grid=(4, 4)))), *SAMPLE],
+        lambda e: (["sample", "--run-dir", e.run_copy(prior__safetensors=state_bytes(GatedPixelCNN(codes=32, channels=16, layers=2, kernel=3, grid=(4, 4)))), *SAMPLE],
                    ["prior.safetensors", "embedding.weight has shape (32, 16), the model expects (32, 8)"]), 1),
-    "sample/vqvae of other codes": (lambda e: (["sample", "--run", e.run_copy(vqvae__safetensors=other_codes_vqvae()), *SAMPLE], ["vqvae.safetensors", "has shape (16, 8)"]), 1),
-    "sample/prior_config a list": (lambda e: (["sample", "--run", e.run_copy(prior_config__json=b"[]"), *SAMPLE], ["prior_config.json"]), 1),
+    "sample/vqvae of other codes": (lambda e: (["sample", "--run-dir", e.run_copy(vqvae__safetensors=other_codes_vqvae()), *SAMPLE], ["vqvae.safetensors", "has shape (16, 8)"]), 1),
+    "sample/prior_config a list": (lambda e: (["sample", "--run-dir", e.run_copy(prior_config__json=b"[]"), *SAMPLE], ["prior_config.json"]), 1),
     "sample/prior_config codes 0": (
-        lambda e: (["sample", "--run", e.run_copy(prior_config__json=b'{"prior": {"codes": 0}}'), *SAMPLE], ["prior_config.json", "codes should be >= 1"]), 1),
-    "sample/prior with NaN weights": (lambda e: (["sample", "--run", nan_prior(e.run_copy()), *SAMPLE], ["prior should have finite parameters", "head.3.bias"]), 1),
-    "sample/--alpha 1.5": (lambda e: (["sample", "--run", e.run, "--alpha", "1.5", *SAMPLE], ["alpha should be in [0, 1], got 1.5"]), 1),
-    "sample/--alpha -0.1": (lambda e: (["sample", "--run", e.run, "--alpha", "-0.1", *SAMPLE], ["alpha should be in [0, 1], got -0.1"]), 1),
-    "sample/--alpha nan": (lambda e: (["sample", "--run", e.run, "--alpha", "nan", *SAMPLE], ["alpha should be in [0, 1], got nan"]), 1),
-    "sample/--temperature 1e-50": (lambda e: (["sample", "--run", e.run, "--temperature", "1e-50", *SAMPLE], ["temperature", "rounds to 0.0"]), 1),
-    "sample/--best-of below n": (lambda e: (["sample", "--run", e.run, "--n", "4", "--best-of", "2"], ["best-of should be >= n (4), got 2"]), 1),
+        lambda e: (["sample", "--run-dir", e.run_copy(prior_config__json=b'{"prior": {"codes": 0}}'), *SAMPLE], ["prior_config.json", "codes should be >= 1"]), 1),
+    "sample/prior with NaN weights": (lambda e: (["sample", "--run-dir", nan_prior(e.run_copy()), *SAMPLE], ["prior should have finite parameters", "head.3.bias"]), 1),
+    "sample/--alpha 1.5": (lambda e: (["sample", "--run-dir", e.run, "--alpha", "1.5", *SAMPLE], ["alpha should be in [0, 1], got 1.5"]), 1),
+    "sample/--alpha -0.1": (lambda e: (["sample", "--run-dir", e.run, "--alpha", "-0.1", *SAMPLE], ["alpha should be in [0, 1], got -0.1"]), 1),
+    "sample/--alpha nan": (lambda e: (["sample", "--run-dir", e.run, "--alpha", "nan", *SAMPLE], ["alpha should be in [0, 1], got nan"]), 1),
+    "sample/--temperature 1e-50": (lambda e: (["sample", "--run-dir", e.run, "--temperature", "1e-50", *SAMPLE], ["temperature", "rounds to 0.0"]), 1),
+    "sample/--best-of below n": (lambda e: (["sample", "--run-dir", e.run, "--num-samples", "4", "--best-of", "2"], ["best-of should be >= n (4), got 2"]), 1),
     # --- generate (the shipped weights) ------------------------------------------------------------
-    "generate/--alpha 2": (lambda e: (["generate", "--out", e.tmp / "g.png", "--alpha", "2", "--n", "1"], ["alpha should be in [0, 1], got 2.0"]), 1),
-    "generate/--temperature 1e-50": (lambda e: (["generate", "--out", e.tmp / "g.png", "--temperature", "1e-50", "--n", "1"], ["temperature", "rounds to 0.0"]), 1),
-    "generate/--best-of below n": (lambda e: (["generate", "--out", e.tmp / "g.png", "--n", "3", "--best-of", "1"], ["best-of should be >= n (3), got 1"]), 1),
+    "generate/--alpha 2": (lambda e: (["generate", "--out", e.tmp / "g.png", "--alpha", "2", "-n", "1"], ["alpha should be in [0, 1], got 2.0"]), 1),
+    "generate/--temperature 1e-50": (lambda e: (["generate", "--out", e.tmp / "g.png", "--temperature", "1e-50", "--num-samples", "1"], ["temperature", "rounds to 0.0"]), 1),
+    "generate/--best-of below n": (lambda e: (["generate", "--out", e.tmp / "g.png", "-n", "3", "--best-of", "1"], ["best-of should be >= n (3), got 1"]), 1),
     # --- pipeline ----------------------------------------------------------------------------------
     "pipeline/missing data": (lambda e: (["pipeline", "--data", e.tmp / "nowhere", "--out", e.tmp / "o"], ["nowhere", "no such file"]), 1),
     "pipeline/text file as data": (lambda e: (["pipeline", "--data", e.file("a.txt", b"x"), "--out", e.tmp / "o"], ["a.txt", "tar archive"]), 1),
@@ -315,6 +324,10 @@ CASES: dict[str, tuple[Case, int]] = {
                    ["vqvae.safetensors", SAFETENSORS_ERROR]), 1),
 }
 
+# How argparse names an option in its messages, where that is not the flag itself.
+ARGUMENT = {"-n": "-n/--num-samples", "--num-samples": "-n/--num-samples"}
+IMAGE_SUFFIXES = "expected an image file ending in .png, .jpg, .jpeg, .webp"
+
 # (argv with {run}, {folder}, {file} and {tmp} filled in, texts): argparse refuses them, status 2.
 BAD_ARGUMENTS = [
     *[(["train-vqvae", "--data", "{folder}", "--out", "{tmp}/o", flag, value], [f"argument {flag}", value]) for flag, value in [
@@ -322,20 +335,23 @@ BAD_ARGUMENTS = [
         ("--codes", "0"), ("--dim", "-1"), ("--restart-after", "-1"), ("--seed", "-1"), ("--device", "tpu")]],
     (["train-vqvae", "--data", "{folder}", "--out", "{file}"], ["argument --out", "which is a file"]),
     (["train-vqvae", "--out", "{tmp}/o"], ["train-vqvae", "required: --data"]),
-    (["select", "--run", "{file}", "--data", "{folder}"], ["argument --run", "which is a file"]),
-    (["select", "--run", "{tmp}/r", "--data", "{folder}", "--birds", "0"], ["argument --birds", "got 0"]),
-    (["interpolate", "--run", "{run}", "--pairs", "0"], ["argument --pairs", "got 0"]),
-    (["interpolate", "--run", "{run}", "--seed", str(2**64)], ["argument --seed", str(2**64)]),
-    *[(["train-prior", "--run", "{run}", flag, value], [f"argument {flag}", value]) for flag, value in [
+    (["select", "--run-dir", "{file}", "--data", "{folder}"], ["argument --run-dir", "which is a file"]),
+    (["select", "--run-dir", "{tmp}/r", "--data", "{folder}", "--birds", "0"], ["argument --birds", "got 0"]),
+    (["interpolate", "--run-dir", "{run}", "--pairs", "0"], ["argument --pairs", "got 0"]),
+    (["interpolate", "--run-dir", "{run}", "--seed", str(2**64)], ["argument --seed", str(2**64)]),
+    *[(["train-prior", "--run-dir", "{run}", flag, value], [f"argument {flag}", value]) for flag, value in [
         ("--steps", "0"), ("--lr", "-1"), ("--held-out", "0"), ("--channels", "0"), ("--layers", "x"), ("--seed", "-3")]],
-    *[(["sample", "--run", "{run}", flag, value], [f"argument {flag}", value]) for flag, value in [
-        ("--n", "-1"), ("--n", "0"), ("--alpha", "x"), ("--temperature", "0"), ("--temperature", "-1"),
+    *[(["sample", "--run-dir", "{run}", flag, value], [f"argument {ARGUMENT.get(flag, flag)}", value]) for flag, value in [
+        ("-n", "-1"), ("--num-samples", "0"), ("--alpha", "x"), ("--temperature", "0"), ("--temperature", "-1"),
         ("--temperature", "inf"), ("--top-k", "0"), ("--best-of", "0"), ("--seed", "-1"), ("--backend", "gpu")]],
-    (["sample", "--run", "{run}", "--out", "{tmp}"], ["argument --out", "which is a directory"]),
-    (["sample", "--run", "{file}"], ["argument --run", "which is a file"]),
-    *[(["generate", "--out", "{tmp}/g.png", flag, value], [f"argument {flag}", value]) for flag, value in [
-        ("--n", "-1"), ("--temperature", "0"), ("--top-k", "-2")]],
+    (["sample", "--run-dir", "{run}", "--out", "{tmp}"], ["argument --out", "which is a directory"]),
+    (["sample", "--run-dir", "{run}", "--out", "{tmp}/pegasi.gif"], ["argument --out", IMAGE_SUFFIXES, "pegasi.gif"]),
+    (["sample", "--run-dir", "{run}", "--out", "{tmp}/pegasi"], ["argument --out", IMAGE_SUFFIXES]),
+    (["sample", "--run-dir", "{file}"], ["argument --run-dir", "which is a file"]),
+    *[(["generate", "--out", "{tmp}/g.png", flag, value], [f"argument {ARGUMENT.get(flag, flag)}", value]) for flag, value in [
+        ("-n", "-1"), ("--temperature", "0"), ("--top-k", "-2")]],
     (["generate", "--out", "{tmp}"], ["argument --out", "which is a directory"]),
+    (["generate", "--out", "{tmp}/g.bmp"], ["argument --out", IMAGE_SUFFIXES, "g.bmp"]),
     (["pipeline", "--data", "{folder}", "--out", "{file}"], ["argument --out", "which is a file"]),
     ([], ["the following arguments are required: COMMAND"]),
     (["frobnicate"], ["invalid choice: 'frobnicate'"]),
@@ -343,18 +359,18 @@ BAD_ARGUMENTS = [
 
 # Cases that gave a raw IndexError before read_latents checked the codes against config.json and
 # load_run checked the prior's codes against the VQ-VAE's (the third field says what was missing).
-LATENTS_GAP = "read_latents (pegasus/interpolate.py) did not check the codes against config.json: IndexError in the embedding"
+LATENTS_GAP = "read_latents (then in pegasus/interpolate.py, now pegasus/rundir.py) did not check the codes against config.json: IndexError in the embedding"
 FORMER_GAPS = {
     "train-prior/latents codes >= K": (
-        lambda e: (["train-prior", "--run", e.run_copy(FRESH_PRIOR, latents__safetensors=latents_bytes(torch.full((3, 2, 4, 4), 999))), *TP], ["latents.safetensors", "999"]),
+        lambda e: (["train-prior", "--run-dir", e.run_copy(FRESH_PRIOR, latents__safetensors=latents_bytes(torch.full((3, 2, 4, 4), 999))), *TP], ["latents.safetensors", "999"]),
         1, LATENTS_GAP),
     "train-prior/latents negative codes": (
-        lambda e: (["train-prior", "--run", e.run_copy(FRESH_PRIOR, latents__safetensors=latents_bytes(torch.full((3, 2, 4, 4), -1))), *TP], ["latents.safetensors", "-1"]),
+        lambda e: (["train-prior", "--run-dir", e.run_copy(FRESH_PRIOR, latents__safetensors=latents_bytes(torch.full((3, 2, 4, 4), -1))), *TP], ["latents.safetensors", "-1"]),
         1, LATENTS_GAP),
     "sample/prior with more codes than the vqvae": (
-        lambda e: (["sample", "--run", e.run_copy(config__json=json.dumps({"vqvae": {**TINY_MODEL, "codes": 16}}).encode(), vqvae__safetensors=other_codes_vqvae()), *SAMPLE],
+        lambda e: (["sample", "--run-dir", e.run_copy(config__json=json.dumps({"vqvae": {**TINY_MODEL, "codes": 16}}).encode(), vqvae__safetensors=other_codes_vqvae()), *SAMPLE],
                    ["codes"]),
-        1, "load_run (pegasus/run.py) did not check prior.cfg.codes against the VQ-VAE's: IndexError when decoding"),
+        1, "load_run (then in pegasus/run.py, now pegasus/sample.py) did not check prior.cfg.codes against the VQ-VAE's: IndexError when decoding"),
 }
 
 

@@ -7,10 +7,13 @@ import sys
 import pytest
 import torch
 
-from pegasus import _extension
-from pegasus.backend import resolve_backend
+from pegasus import _extension, backends
 
 CPU = torch.device("cpu")
+
+
+def resolve_backend(backend, device, family="nearest_code", dtype=None):
+    return backends.resolve(family, backend, device, dtype)
 
 
 @pytest.mark.skipif(os.environ.get("PEGASUS_REQUIRE_EXT") != "1", reason="set PEGASUS_REQUIRE_EXT=1 to require pegasus._C")
@@ -21,20 +24,35 @@ def test_extension_built_and_loaded():
 
 def test_default_backend_follows_extension(monkeypatch):
     assert resolve_backend(None, CPU, "nearest_code") == ("cpu" if _extension.has_cpp_ops() else "reference")
+    assert resolve_backend(None, CPU, "sampler", torch.float32) == ("cpu" if _extension.has_cpp_ops() else "reference")
     monkeypatch.setattr(_extension, "_load_error", "ImportError: simulated")
     assert resolve_backend(None, CPU, "nearest_code") == "reference"
-    with pytest.raises(RuntimeError, match="backend 'cpu' unavailable.*simulated"):
+    assert resolve_backend(None, CPU, "sampler", torch.float32) == "reference"
+    with pytest.raises(RuntimeError, match="nearest_code backend 'cpu' unavailable.*simulated"):
         resolve_backend("cpu", CPU, "nearest_code")
+    with pytest.raises(RuntimeError, match="sampler backend 'cpu' unavailable.*simulated"):
+        resolve_backend("cpu", CPU, "sampler")
 
 
 def test_environment_variable_overrides_default(monkeypatch):
-    monkeypatch.setenv("PEGASUS_BACKEND", "reference")
+    monkeypatch.setenv("PEGASUS_NEAREST_CODE_BACKEND", "reference")
     assert resolve_backend(None, CPU, "nearest_code") == "reference"
-    monkeypatch.setenv("PEGASUS_BACKEND", "fast")
-    with pytest.raises(ValueError, match="PEGASUS_BACKEND should be one of reference, cpu, triton, got 'fast'"):
+    monkeypatch.setenv("PEGASUS_NEAREST_CODE_BACKEND", "fast")
+    with pytest.raises(ValueError, match=r"PEGASUS_NEAREST_CODE_BACKEND should be one of reference, cpu, triton \(nearest_code backends\), got 'fast'"):
         resolve_backend(None, CPU, "nearest_code")
     # The argument wins over the environment.
     assert resolve_backend("reference", CPU, "nearest_code") == "reference"
+    # Each family reads its own variable.
+    assert resolve_backend(None, CPU, "sampler", torch.float32) == ("cpu" if _extension.has_cpp_ops() else "reference")
+    monkeypatch.setenv("PEGASUS_SAMPLER_BACKEND", "naive")
+    assert resolve_backend(None, CPU, "sampler", torch.float32) == "naive"
+
+
+def test_retired_environment_variable_names_the_new_ones(monkeypatch):
+    monkeypatch.setenv("PEGASUS_BACKEND", "reference")
+    for family in ("nearest_code", "sampler"):
+        with pytest.raises(ValueError, match="PEGASUS_BACKEND is no longer read: set PEGASUS_NEAREST_CODE_BACKEND .* or PEGASUS_SAMPLER_BACKEND"):
+            resolve_backend(None, CPU, family)
 
 
 def test_unknown_and_unavailable_backends(monkeypatch):
@@ -44,7 +62,7 @@ def test_unknown_and_unavailable_backends(monkeypatch):
     with pytest.raises(RuntimeError, match="backend 'triton' unavailable: "):
         resolve_backend("triton", CPU, "nearest_code")
     if _extension.has_cpp_ops():
-        with pytest.raises(RuntimeError, match="backend 'cpu' runs on CPU tensors, got tensors on meta"):
+        with pytest.raises(RuntimeError, match="nearest_code backend 'cpu' unavailable: it runs on CPU tensors; got tensors on meta"):
             resolve_backend("cpu", torch.device("meta"), "nearest_code")
 
 

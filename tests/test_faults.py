@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 from pegasus import pipeline
 from pegasus.checkpoint import CheckpointError, atomic_write_bytes, previous_path
 from pegasus.cli import main
-from pegasus.prior import load_prior
-from pegasus.train import load_vqvae, train_vqvae
+from pegasus.rundir import load_prior, load_vqvae
+from pegasus.train_vqvae import train_vqvae
 
 from .conftest import TINY_MODEL, TINY_PIPELINE
 
@@ -38,7 +38,7 @@ CHILD = rf"""
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from pegasus import train as train_mod
+import pegasus.train_vqvae as train_mod
 mode, n, data, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 seen = {{"n": 0}}
 
@@ -166,7 +166,8 @@ def test_sigkilled_pipeline_resumes_the_prior_stage(tiny_folder, tiny_run, tmp_p
     child = (
         "import sys, time, torch\n"
         f"torch.set_num_threads({torch.get_num_threads()})\n"  # the threads tiny_run was trained with
-        "from pegasus import pipeline, prior\n"
+        "from pegasus import pipeline\n"
+        "import pegasus.train_prior as prior\n"
         "real = prior._cross_entropy\n"
         "def slow(*args):\n"
         "    time.sleep(0.1)\n"

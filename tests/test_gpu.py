@@ -3,12 +3,11 @@ these run on a lent GPU machine: see the README's development notes)."""
 import pytest
 import torch
 
-from pegasus import GatedPixelCNN, reference
-from pegasus.backend import resolve_backend
+from pegasus import GatedPixelCNN, backends, ops, reference
 from pegasus.ops import nearest_code
-from pegasus.sampling import gumbel_noise, resolve_sampler, sample_indices
+from pegasus.sampling import gumbel_noise, sample_indices
 
-from .test_cached_sampling import random_prior
+from .conftest import random_prior
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -41,8 +40,9 @@ def test_nearest_code_triton_matches_reference(n, k, d, dtype):
 
 
 def test_triton_is_the_default_on_cuda():
-    assert resolve_backend(None, CUDA, "nearest_code") == "triton"
-    assert resolve_sampler(None, random_prior(5, 1, 3, True, torch.float32).to(CUDA)) == "triton"
+    assert backends.resolve(backends.NEAREST_CODE, None, CUDA) == "triton"
+    param = next(random_prior(5, 1, 3, True, torch.float32).to(CUDA).parameters())
+    assert backends.resolve(backends.SAMPLER, None, param.device, param.dtype) == "triton"
 
 
 @pytest.mark.parametrize(
@@ -53,28 +53,28 @@ def test_triton_sampler_same_grids_float64(kernel, layers, grid, conditional):
     for seed in range(2):
         noise = gumbel_noise(3, grid, 13, seed=seed, dtype=torch.float64, device=CUDA)
         kwargs = {"alpha": 0.4, "temperature": 0.8, "noise": noise}
-        ref = sample_indices(prior, 3, backend="reference", **kwargs)
+        ref = sample_indices(prior, 3, backend="naive", **kwargs)
         assert torch.equal(sample_indices(prior, 3, backend="triton", **kwargs), ref)
 
 
 @pytest.mark.parametrize("grid, batch", [((8, 8), 16), ((24, 24), 2)])
 def test_triton_sampler_default_prior_float32(grid, batch):
     """The trained configuration (64 channels, 8 layers, kernel 5, 512 codes): every position's
-    logits against a full pass over the sampled grid, and the grids against the reference's."""
+    logits against a full pass over the sampled grid, and the grids against the naive sampler's."""
     torch.manual_seed(0)
     prior = GatedPixelCNN().to(CUDA).eval()
     noise = gumbel_noise(batch, grid, 512, seed=1, device=CUDA)
     alpha = torch.full((batch,), 0.5, device=CUDA)
     weights = prior.pack_for_sampling()
-    out, logits = torch.ops.pegasus.sample_loop(weights, prior.sampling_conditioning(alpha), noise, 1.0, 0, "triton", True)
+    out, logits = ops.sample_loop(weights, prior.sampling_conditioning(alpha), noise, 1.0, 0, True, backend="triton")
     with torch.no_grad():
         full = prior(out, alpha).permute(0, 2, 3, 1)
     torch.testing.assert_close(logits, full, atol=1e-4, rtol=0)
-    assert torch.equal(out, sample_indices(prior, batch, noise=noise, backend="reference"))
+    assert torch.equal(out, sample_indices(prior, batch, noise=noise, backend="naive"))
 
 
 def test_triton_sampler_top_k():
     prior = random_prior(13, 2, 5, True, torch.float32, seed=4).to(CUDA)
     noise = gumbel_noise(4, (5, 6), 13, seed=2, device=CUDA) * 3
-    ref = sample_indices(prior, 4, top_k=3, noise=noise, backend="reference")
+    ref = sample_indices(prior, 4, top_k=3, noise=noise, backend="naive")
     assert torch.equal(sample_indices(prior, 4, top_k=3, noise=noise, backend="triton"), ref)

@@ -2,9 +2,10 @@
 hypothesis: odd and empty shapes, 1e30 and subnormals, large offsets, NaN and inf in every input,
 temperatures from 5e-324 to 1e300.
 
-The property: every backend gives the reference's answer (nearest_code: the same indices except on
-provable near-ties, distances within rounding; samplers: the same grids, except where the two codes'
-scores tie within rounding at the first position that differs), or every backend raises the same
+The property: every backend gives the ground truth's answer (nearest_code: the reference's, the same
+indices except on provable near-ties, distances within rounding; samplers: the naive sampler's, the
+same grids, except where the two codes' scores tie within rounding at the first position that
+differs), or every backend raises the same
 ValueError, whose message names the argument. The rules for NaN and inf that make this hold are
 documented in `pegasus.ops.nearest_code` (rows that may not be finite: index 0, distance NaN) and
 `pegasus.sampling.check_sampling_args` (NaN/inf priors and unrepresentable temperatures refused;
@@ -21,18 +22,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pegasus import GatedPixelCNN, _extension, reference
-from pegasus.backend import _triton_unavailable
+from pegasus import GatedPixelCNN, _extension, backends, reference
 from pegasus.ops import nearest_code
 from pegasus.sampling import gumbel_noise, sample_indices
 
 HAS_CPP = _extension.has_cpp_ops()
-TRITON_NC = _triton_unavailable("nearest_code", torch.device("cpu")) is None
-TRITON_SAMPLER = _triton_unavailable("sample_position_triton", torch.device("cpu")) is None
+TRITON_NC = backends.unavailable(backends.NEAREST_CODE, "triton", "cpu") is None
+TRITON_SAMPLER = backends.unavailable(backends.SAMPLER, "triton", "cpu") is None
 needs_triton_nc = pytest.mark.skipif(not TRITON_NC, reason="needs triton and TRITON_INTERPRET=1 (CI sets it)")
 needs_triton_sampler = pytest.mark.skipif(not TRITON_SAMPLER, reason="needs triton and TRITON_INTERPRET=1 (CI sets it)")
 NC_BACKENDS = ["reference"] + (["cpu"] if HAS_CPP else [])
-SAMPLERS = ["reference", "cached"] + (["cpu"] if HAS_CPP else [])
+SAMPLERS = ["naive", "reference"] + (["cpu"] if HAS_CPP else [])
 
 NAN, INF = float("nan"), float("inf")
 
@@ -228,7 +228,7 @@ def make_prior(codes, layers, kernel, channels, conditional, dtype, scale, seed,
 
 
 # Largest weight scale per dtype that cannot overflow the activations at these sizes (the logits
-# grow like 1e3 * scale^3): beyond it the reference's whole-grid pass multiplies inf activations of
+# grow like 1e3 * scale^3): beyond it the naive sampler's whole-grid pass multiplies inf activations of
 # positions not sampled yet by masked-out zeros, which gives NaN where the cached loops read nothing.
 SCALES = {torch.float64: [0.0, 1e-300, 1e-30, 0.5, 3.0, 1e10, 1e30], torch.float32: [0.0, 1e-30, 0.5, 3.0, 1e3]}
 TEMPERATURES = [5e-324, 1e-300, 1e-40, 1e-30, 1e-3, 0.7, 1.0, 1e3, 1e30, 1e300]
@@ -274,9 +274,9 @@ def outcome(prior, call, backend):
 
 
 def assert_same_choice_or_tie(prior, call, ref, got):
-    """`got` equals the reference grid `ref`, or at the first position where a sample differs the
+    """`got` equals the naive sampler's grid `ref`, or at the first position where a sample differs the
     two codes' scores tie within rounding (or sit at the top-k boundary), recomputed in float64
-    from the reference grid: both backends saw the same codes before that position."""
+    from the naive grid: both backends saw the same codes before that position."""
     if torch.equal(ref, got):
         return
     b = int((ref != got).flatten(1).any(1).nonzero()[0])
@@ -303,12 +303,12 @@ def assert_same_choice_or_tie(prior, call, ref, got):
     if call["top_k"] is not None and call["top_k"] < len(logits):
         kth = float(logits.topk(call["top_k"]).values[-1])
         tie = tie or min(abs(la - kth), abs(lc - kth)) <= err
-    assert tie, f"sample {b} at ({i}, {j}): reference chose {a} (score {sa}), the backend {c} (score {sc})"
+    assert tie, f"sample {b} at ({i}, {j}): naive chose {a} (score {sa}), the backend {c} (score {sc})"
 
 
 def check_samplers(prior_kwargs, call, backends):
     prior = make_prior(**prior_kwargs)
-    ref = outcome(prior, call, "reference")
+    ref = outcome(prior, call, "naive")
     for backend in backends:
         got = outcome(prior, call, backend)
         if isinstance(ref, tuple):
@@ -324,7 +324,7 @@ def check_samplers(prior_kwargs, call, backends):
 
 @hostile(150)
 @given(case=sampler_case())
-def test_samplers_match_reference_on_hostile_values(case):
+def test_samplers_match_naive_on_hostile_values(case):
     prior_kwargs, call = case
     ref = check_samplers(prior_kwargs, call, SAMPLERS[1:])
     dtype = prior_kwargs["dtype"]
@@ -351,7 +351,7 @@ def test_tie_check_has_teeth():
     prior = make_prior(3, 1, 3, 2, True, torch.float64, 0.5, 0)
     noise = gumbel_noise(1, (2, 2), 3, seed=0, dtype=torch.float64)
     call = {"n": 1, "alpha": 0.5, "temperature": 1.0, "top_k": None, "noise": noise}
-    ref = sample_indices(prior, backend="reference", **call)
+    ref = sample_indices(prior, backend="naive", **call)
     wrong = ref.clone()
     wrong[0, 0, 1] = (ref[0, 0, 1] + 1) % 3
     with pytest.raises(AssertionError, match=r"sample 0 at \(0, 1\)"):
@@ -361,7 +361,7 @@ def test_tie_check_has_teeth():
         prior.head[3].bias[1] = prior.head[3].bias[0]
     call["noise"] = torch.zeros(1, 2, 2, 3, dtype=torch.float64)
     call["noise"][..., 2] = -INF
-    ref = sample_indices(prior, backend="reference", **call)
+    ref = sample_indices(prior, backend="naive", **call)
     assert (ref == 0).all()
     assert_same_choice_or_tie(prior, call, ref, torch.ones_like(ref))
 
@@ -409,7 +409,7 @@ def test_sampler_bad_arguments_same_error_on_every_backend(kwargs, text):
 @pytest.mark.parametrize("bad", [NAN, INF, -INF])
 def test_sampler_refuses_a_prior_with_nan_or_inf(name, bad):
     """Before the check, a NaN in a masked-out tap (or an inf in code 0's embedding, which fills the
-    positions not sampled yet) gave all-zero grids on the reference and other grids on the C++ loop."""
+    positions not sampled yet) gave all-zero grids on the naive sampler and other grids on the C++ loop."""
     prior = make_prior(5, 1, 3, 2, True, torch.float64, 0.5, 0)
     params = dict(prior.named_parameters())
     with torch.no_grad():
@@ -432,4 +432,4 @@ def test_sampler_documented_noise_rule(backend):
     noise[0, 1, 0, :4] = -INF
     grid = sample_indices(prior, 1, noise=noise, backend=backend)
     assert grid[0, 0].tolist() == [3, 0, 2] and grid[0, 1, 0] == 4
-    assert torch.equal(grid, sample_indices(prior, 1, noise=noise, backend="reference"))
+    assert torch.equal(grid, sample_indices(prior, 1, noise=noise, backend="naive"))

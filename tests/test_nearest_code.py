@@ -9,13 +9,12 @@ import itertools
 import pytest
 import torch
 
-from pegasus import _extension, reference
-from pegasus.backend import _triton_unavailable
+from pegasus import _extension, backends, reference
 from pegasus.ops import nearest_code
 
 from .conftest import needs_ext
 
-HAS_TRITON = _triton_unavailable("nearest_code", torch.device("cpu")) is None
+HAS_TRITON = backends.unavailable(backends.NEAREST_CODE, "triton", "cpu") is None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="needs triton and TRITON_INTERPRET=1 (CI sets it)")
 BACKENDS = ["reference"] + (["cpu"] if _extension.has_cpp_ops() else []) + (["triton"] if HAS_TRITON else [])
 

@@ -11,9 +11,11 @@ import pegasus
 from pegasus import pipeline
 from pegasus.checkpoint import CheckpointError
 from pegasus.data import load_dataset
-from pegasus.interpolate import choose_pairs, interpolate, read_latents
-from pegasus.prior import load_prior, train_prior
-from pegasus.train import TrainingError, images_to_tensor
+from pegasus.images import images_to_tensor
+from pegasus.interpolate import choose_pairs, interpolate
+from pegasus.rundir import load_prior, read_latents
+from pegasus.train_prior import train_prior
+from pegasus.training import TrainingError
 
 from .conftest import TINY_PIPELINE
 
@@ -65,7 +67,7 @@ def test_pairs_sample_and_alphas(tiny_run, tmp_path):
 
 
 def test_mirror_doubles_the_grids_and_holds_out_a_pair_with_its_mirror(tiny_run, tmp_path):
-    from pegasus.prior import split_latents
+    from pegasus.train_prior import split_latents
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -112,17 +114,22 @@ def test_load_run_samples_images(tiny_run):
     assert run.prior.cfg.grid == (4, 4) and not run.prior.training
     with pytest.raises(ValueError, match=r"alpha should be in \[0, 1\], got 2"):
         run.sample(1, alpha=2)
+    # Everything after alpha is keyword-only.
+    with pytest.raises(TypeError):
+        run.sample(1, 0.2, 0.9)
+    with pytest.raises(TypeError):
+        run.sample_indices(1, 0.2, 0.9)
 
 
 def test_missing_files_name_the_command(tiny_run, tmp_path):
     with pytest.raises(CheckpointError, match=r"config.json is missing: run `pegasus train-vqvae --data PATH --out"):
         pegasus.load_run(tmp_path)
     shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("prior*", "latents*", "selection*"))
-    with pytest.raises(CheckpointError, match=r"prior_config.json is missing: run `pegasus train-prior --run"):
+    with pytest.raises(CheckpointError, match=r"prior_config.json is missing: run `pegasus train-prior --run-dir "):
         pegasus.load_run(tmp_path / "run")
-    with pytest.raises(CheckpointError, match=r"latents.safetensors is missing: run `pegasus interpolate --run"):
+    with pytest.raises(CheckpointError, match=r"latents.safetensors is missing: run `pegasus interpolate --run-dir "):
         train_prior(tmp_path / "run", progress=False)
-    with pytest.raises(ValueError, match=r"selection.json is missing: run `pegasus select --run"):
+    with pytest.raises(ValueError, match=r"selection.json is missing: run `pegasus select --run-dir "):
         interpolate(tmp_path / "run")
 
 

@@ -36,7 +36,7 @@ def test_shipped_weights_are_small_and_documented():
 
 def test_generate_writes_a_png(tmp_path, capsys):
     out = tmp_path / "pegasi.png"
-    assert main(["generate", "--n", "4", "--alpha", "0.3", "--seed", "1", "--out", str(out)]) == 0
+    assert main(["generate", "-n", "4", "--alpha", "0.3", "--seed", "1", "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     with Image.open(out) as png:
         assert png.width >= 4 * 64 and png.height >= 64  # 32x32 images drawn at 2x

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pegasus.train import train_vqvae
+from pegasus.train_vqvae import train_vqvae
 
 from .conftest import TINY_MODEL, needs_ext
 

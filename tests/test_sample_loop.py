@@ -1,8 +1,13 @@
-"""The C++ sampling loop (`pegasus::sample_loop`, backends "cpu" and "triton") against the naive
-reference sampler, its step ops against pegasus/reference.py, opcheck, bad input and Ctrl-C.
+"""The sampling loops against the naive sampler (the ground truth): the pure-PyTorch cached loop
+(backend "reference", `pegasus.reference.sample_loop`: the same grids as naive, and its logits
+against a full pass of the prior under teacher forcing), the C++ loop (`pegasus::sample_loop`,
+backend "cpu") and the Triton steps (backend "triton"); the C++ step ops against
+pegasus/reference.py, opcheck, bad input and Ctrl-C.
 
-"triton" runs here on CPU tensors in Triton's interpreter, only when TRITON_INTERPRET=1 (CI sets it).
+"triton" runs here on CPU tensors in Triton's interpreter, only when TRITON_INTERPRET=1 (CI sets it):
+`pegasus.ops` then runs the Python loop over the Triton launchers.
 """
+import math
 import os
 import signal
 import subprocess
@@ -14,16 +19,12 @@ import time
 import pytest
 import torch
 
-from pegasus import GatedPixelCNN, reference
-from pegasus.backend import _triton_unavailable
-from pegasus.sampling import gumbel_noise, resolve_sampler, sample_indices
+from pegasus import GatedPixelCNN, _extension, backends, ops, reference
+from pegasus.sampling import gumbel_noise, sample_indices
 
-from .conftest import needs_ext
-from .test_cached_sampling import random_prior
+from .conftest import needs_ext, random_prior
 
-pytestmark = needs_ext
-
-HAS_TRITON = _triton_unavailable("sample_position_triton", torch.device("cpu")) is None
+HAS_TRITON = backends.unavailable(backends.SAMPLER, "triton", "cpu") is None
 LOOP_BACKENDS = ["cpu"] + (["triton"] if HAS_TRITON else [])
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="needs triton and TRITON_INTERPRET=1 (CI sets it)")
 
@@ -34,6 +35,107 @@ def loop_inputs(prior, noise, alpha):
     return weights, cond
 
 
+def forcing_noise(tokens, codes, dtype=torch.float32):
+    """Noise Tensor[B, H, W, K] that forces `tokens` Tensor[B, H, W] on every backend (teacher
+    forcing): +inf at each position's token, -inf at every other code."""
+    noise = torch.full((*tokens.shape, codes), -math.inf, dtype=dtype)
+    return noise.scatter_(-1, tokens[..., None], math.inf)
+
+
+# --- the "reference" sampler: the cached loop in pure PyTorch -----------------------------------
+
+
+def naive_and_reference(prior, n, noise, **kwargs):
+    naive = sample_indices(prior, n, noise=noise, backend="naive", **kwargs)
+    return naive, sample_indices(prior, n, noise=noise, backend="reference", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kernel, layers, grid, conditional",
+    [
+        (3, 1, (8, 8), True),
+        (3, 2, (5, 7), False),
+        (3, 4, (8, 8), True),
+        (5, 1, (5, 7), True),
+        (5, 3, (8, 8), False),
+        (5, 4, (5, 7), True),
+        (5, 2, (3, 1), True),  # narrower than the kernel: every column is padding-adjacent
+    ],
+)
+def test_reference_same_grids_as_naive_float64(kernel, layers, grid, conditional):
+    prior = random_prior(13, layers, kernel, conditional, torch.float64, seed=layers * 10 + kernel)
+    for seed in range(3):
+        noise = gumbel_noise(3, grid, 13, seed=seed, dtype=torch.float64)
+        naive, cached = naive_and_reference(prior, 3, noise, alpha=0.25 * seed + 0.2, temperature=0.8)
+        assert torch.equal(naive, cached), (seed, naive, cached)
+
+
+@pytest.mark.parametrize("n, codes, top_k", [(1, 13, None), (2, 1, None), (3, 13, 3), (2, 13, 1)])
+def test_reference_batch_one_one_code_and_top_k_float64(n, codes, top_k):
+    prior = random_prior(codes, 3, 3, True, torch.float64)
+    noise = gumbel_noise(n, (5, 7), codes, seed=1, dtype=torch.float64) * 5  # noise that often beats the logits
+    naive, cached = naive_and_reference(prior, n, noise, alpha=0.6, top_k=top_k)
+    assert torch.equal(naive, cached)
+    if codes == 1:
+        assert (cached == 0).all()
+
+
+@pytest.mark.parametrize("kernel, layers, conditional", [(3, 2, True), (5, 4, False), (5, 8, True)])
+def test_reference_forced_logits_and_grids_float32(kernel, layers, conditional):
+    """Teacher forcing through the noise: the reference loop's logits at every position against a
+    full pass of the prior over the forced grid; and the sampled grids against naive's."""
+    prior = random_prior(17, layers, kernel, conditional, torch.float32)
+    for seed, grid in enumerate([(8, 8), (5, 7)]):
+        alpha = torch.full((4,), 0.4)
+        tokens = torch.randint(0, 17, (4, *grid), generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            full = prior(tokens, alpha).permute(0, 2, 3, 1)
+            weights, cond = prior.pack_for_sampling(), prior.sampling_conditioning(alpha)
+        forced, logits = ops.sample_loop(weights, cond, forcing_noise(tokens, 17), 1.0, 0, True, backend="reference")
+        assert torch.equal(forced, tokens)
+        torch.testing.assert_close(logits, full, atol=1e-4, rtol=0)
+        naive, cached = naive_and_reference(prior, 4, gumbel_noise(4, grid, 17, seed=seed), alpha=0.4)
+        assert torch.equal(naive, cached)
+
+
+@pytest.mark.parametrize("backend", ["naive", "reference", pytest.param("cpu", marks=needs_ext)] + (["triton"] if HAS_TRITON else []))
+def test_forcing_noise_forces_the_tokens_on_every_backend(backend):
+    """+inf noise at a code and -inf elsewhere picks that code whatever the logits, on every backend
+    (what the teacher-forced logits checks above rely on)."""
+    prior = random_prior(7, 2, 3, True, torch.float32, seed=3)
+    tokens = torch.randint(0, 7, (2, 3, 4), generator=torch.Generator().manual_seed(1))
+    noise = forcing_noise(tokens, 7)
+    assert torch.equal(sample_indices(prior, 2, alpha=0.3, temperature=0.7, noise=noise, backend=backend), tokens)
+    assert torch.equal(sample_indices(prior, 2, alpha=0.3, top_k=7, noise=noise, backend=backend), tokens)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"alpha": -0.1},
+        {"alpha": 1.5},
+        {"n": 0},
+        {"temperature": 0.0},
+        {"temperature": math.nan},
+        {"top_k": 0},
+        {"noise": torch.zeros(2, 3, 4, 10)},
+        {"noise": torch.zeros(2, 3, 4, 11, dtype=torch.int64)},
+    ],
+)
+def test_bad_input_same_errors_as_naive(kwargs):
+    prior = random_prior(11, 2, 3, True, torch.float32)
+    errors = []
+    for backend in ("naive", "reference"):
+        with pytest.raises(ValueError) as info:
+            sample_indices(prior, **{"n": 2, **kwargs, "backend": backend})
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+
+
+# --- the C++ loop ("cpu") and the Triton steps ("triton") ---------------------------------------
+
+
+@needs_ext
 @pytest.mark.parametrize("backend", LOOP_BACKENDS)
 @pytest.mark.parametrize(
     "kernel, layers, grid, conditional",
@@ -47,43 +149,46 @@ def loop_inputs(prior, noise, alpha):
         (5, 2, (3, 1), False),  # narrower than the kernel
     ],
 )
-def test_same_grids_as_reference_float64(backend, kernel, layers, grid, conditional):
+def test_same_grids_as_naive_float64(backend, kernel, layers, grid, conditional):
     prior = random_prior(13, layers, kernel, conditional, torch.float64, seed=layers * 10 + kernel)
     for seed in range(3 if backend == "cpu" else 2):
         noise = gumbel_noise(3, grid, 13, seed=seed, dtype=torch.float64)
         kwargs = {"alpha": 0.3 * seed + 0.1, "temperature": 0.8, "noise": noise}
-        ref = sample_indices(prior, 3, backend="reference", **kwargs)
+        ref = sample_indices(prior, 3, backend="naive", **kwargs)
         assert torch.equal(sample_indices(prior, 3, backend=backend, **kwargs), ref), (seed, ref)
 
 
+@needs_ext
 @pytest.mark.parametrize("backend", LOOP_BACKENDS)
 @pytest.mark.parametrize("n, codes, top_k", [(1, 13, None), (2, 1, None), (3, 13, 3), (2, 13, 1)])
 def test_batch_one_one_code_and_top_k_float64(backend, n, codes, top_k):
     prior = random_prior(codes, 3, 3, True, torch.float64)
     noise = gumbel_noise(n, (5, 7), codes, seed=1, dtype=torch.float64) * 5  # noise that often beats the logits
-    ref = sample_indices(prior, n, alpha=0.6, top_k=top_k, noise=noise, backend="reference")
+    ref = sample_indices(prior, n, alpha=0.6, top_k=top_k, noise=noise, backend="naive")
     assert torch.equal(sample_indices(prior, n, alpha=0.6, top_k=top_k, noise=noise, backend=backend), ref)
     if codes == 1:
         assert (ref == 0).all()
 
 
+@needs_ext
 @pytest.mark.parametrize("backend", LOOP_BACKENDS)
 @pytest.mark.parametrize("kernel, layers, conditional", [(3, 2, True), (5, 4, False), (5, 8, True)])
 def test_logits_and_grids_float32(backend, kernel, layers, conditional):
     """Every position's logits against a full pass of the prior over the sampled grid (the logits at
     (i, j) depend only on earlier positions, so they are the ones the sampler saw), and the grids
-    against the reference's."""
+    against the naive sampler's."""
     prior = random_prior(17, layers, kernel, conditional, torch.float32)
     for seed, grid in enumerate([(8, 8), (5, 7)]):
         noise = gumbel_noise(4, grid, 17, seed=seed)
         weights, cond = loop_inputs(prior, noise, 0.4)
-        out, logits = torch.ops.pegasus.sample_loop(weights, cond, noise, 1.0, 0, backend, True)
+        out, logits = ops.sample_loop(weights, cond, noise, 1.0, 0, True, backend=backend)
         with torch.no_grad():
             full = prior(out, torch.full((4,), 0.4)).permute(0, 2, 3, 1)
         torch.testing.assert_close(logits, full, atol=1e-4, rtol=0)
-        assert torch.equal(out, sample_indices(prior, 4, alpha=0.4, noise=noise, backend="reference"))
+        assert torch.equal(out, sample_indices(prior, 4, alpha=0.4, noise=noise, backend="naive"))
 
 
+@needs_ext
 @pytest.mark.parametrize(
     "channels, codes, batch, dtype, atol",
     [
@@ -134,49 +239,72 @@ def opcheck_samples():
     return [
         ("sample_row", (v_state.clone(), v2h_row.clone(), weights, cond, 2)),
         ("sample_position", (v_state.clone(), x_state.clone(), v2h_row.clone(), weights, noise[:, 1, 1].contiguous(), 0.7, 3, 1, 1)),
-        ("sample_loop", (weights, cond, noise, 1.0, 0, "cpu", True)),
-        ("sample_loop", (weights, cond, noise, 0.5, 2, "cpu", False)),
+        ("sample_loop", (weights, cond, noise, 1.0, 0, True)),
+        ("sample_loop", (weights, cond, noise, 0.5, 2, False)),
     ]
 
 
+@needs_ext
 @pytest.mark.parametrize("name, args", opcheck_samples(), ids=lambda x: x if isinstance(x, str) else "")
 def test_opcheck(name, args):
     torch.library.opcheck(getattr(torch.ops.pegasus, name).default, args)
 
 
+@needs_ext
 @pytest.mark.parametrize("backend", LOOP_BACKENDS)
 def test_default_prior_config_float32(backend):
     """The configuration the package trains (64 channels, 8 layers, kernel 5, 512 codes) at 3x2."""
     torch.manual_seed(0)
     prior = GatedPixelCNN().eval()
     noise = gumbel_noise(2, (3, 2), 512, seed=0)
-    ref = sample_indices(prior, 2, noise=noise, backend="reference")
+    ref = sample_indices(prior, 2, noise=noise, backend="naive")
     assert torch.equal(sample_indices(prior, 2, noise=noise, backend=backend), ref)
 
 
+def resolve_for(prior, backend=None):
+    """The sampler backend that runs `prior` (on its device, in its dtype)."""
+    param = next(prior.parameters())
+    return backends.resolve(backends.SAMPLER, backend, param.device, param.dtype)
+
+
+@needs_ext
 def test_default_backend_is_the_fastest_available():
     prior = random_prior(5, 1, 3, True, torch.float32)
-    assert resolve_sampler(None, prior) == "cpu"
-    assert resolve_sampler(None, prior.double()) == "cpu"
-    assert resolve_sampler(None, random_prior(5, 1, 3, True, torch.bfloat16)) == "cached"
+    assert resolve_for(prior) == "cpu"
+    assert resolve_for(prior.double()) == "cpu"
+    assert resolve_for(random_prior(5, 1, 3, True, torch.bfloat16)) == "reference"
+    assert backends.resolve("sampler", None, "cpu", torch.float32) == "cpu"
+    assert backends.default("sampler", "cpu", torch.bfloat16) == "reference"
 
 
-def test_pegasus_backend_environment(monkeypatch):
+@needs_ext
+def test_pegasus_sampler_backend_environment(monkeypatch):
     prior = random_prior(5, 1, 3, True, torch.float32)
-    monkeypatch.setenv("PEGASUS_BACKEND", "cached")
-    assert resolve_sampler(None, prior) == "cached"
-    assert resolve_sampler("cpu", prior) == "cpu"  # the argument comes first
-    monkeypatch.setenv("PEGASUS_BACKEND", "fast")
-    with pytest.raises(ValueError, match="PEGASUS_BACKEND should be one of reference, cached, cpu, triton, got 'fast'"):
-        resolve_sampler(None, prior)
+    monkeypatch.setenv("PEGASUS_SAMPLER_BACKEND", "reference")
+    assert resolve_for(prior) == "reference"
+    assert resolve_for(prior, "cpu") == "cpu"  # the argument comes first
+    monkeypatch.setenv("PEGASUS_SAMPLER_BACKEND", "fast")
+    with pytest.raises(ValueError, match=r"PEGASUS_SAMPLER_BACKEND should be one of naive, reference, cpu, triton \(sampler backends\), got 'fast'"):
+        resolve_for(prior)
+    with pytest.raises(ValueError, match=r"backend should be one of naive, reference, cpu, triton \(sampler backends\), got 'cached'"):
+        sample_indices(prior, 2, backend="cached")
 
 
+def test_retired_pegasus_backend_variable_names_the_new_ones(monkeypatch):
+    prior = random_prior(5, 1, 3, True, torch.float32)
+    monkeypatch.setenv("PEGASUS_BACKEND", "reference")
+    with pytest.raises(ValueError, match="PEGASUS_BACKEND is no longer read: set PEGASUS_NEAREST_CODE_BACKEND .* or PEGASUS_SAMPLER_BACKEND"):
+        sample_indices(prior, 2, backend="reference")
+
+
+@needs_ext
 def test_unsupported_prior_is_refused_before_the_loop():
     prior = random_prior(5, 1, 3, True, torch.bfloat16)
-    with pytest.raises(RuntimeError, match="sampler backend 'cpu' unavailable: its kernels run float32 and float64 priors, got a torch.bfloat16 prior"):
+    with pytest.raises(RuntimeError, match="sampler backend 'cpu' unavailable: its kernels take float32 and float64, got bfloat16"):
         sample_indices(prior, 2, backend="cpu")
 
 
+@needs_ext
 @pytest.mark.skipif(HAS_TRITON, reason="checks the error raised when Triton cannot run")
 def test_triton_unavailable_says_why():
     with pytest.raises(RuntimeError, match="sampler backend 'triton' unavailable: "):
@@ -196,21 +324,21 @@ def _drop(weights, i):
     return weights[:i] + weights[i + 1 :]
 
 
+@needs_ext
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n[..., :5], 1.0, 0, "cpu", False), r"noise should be Gumbel noise \[B, H, W, K=7\]"),
-        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n.double(), 1.0, 0, "cpu", False), "noise should be Float on cpu like the weights, got Double"),
-        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n[:0], 1.0, 0, "cpu", False), r"with B, H, W >= 1"),
-        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n, 0.0, 0, "cpu", False), "temperature should be > 0, got 0"),
-        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n, float("nan"), 0, "cpu", False), "temperature should be > 0"),
-        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n, 1.0, 0, "cuda", False), 'kernels should be "cpu" or "triton", got "cuda"'),
-        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c[:, :1], n, 1.0, 0, "cpu", False), r"cond should be \[2, 2, 12\], got \[2, 1, 12\]"),
-        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(_drop(w, 3), c, n, 1.0, 0, "cpu", False), "weights should be the 1 \\+ 7 \\* layers \\+ 4 tensors"),
-        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w[:2] + [w[2].double()] + w[3:], c, n, 1.0, 0, "cpu", False), r"weights\[2\] is Double but weights\[0\] is Float"),
-        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w[:2] + [w[2][:5]] + w[3:], c, n, 1.0, 0, "cpu", False), r"weights\[2\] \(bv\) should be \[12\], got \[5\]"),
-        (lambda w, c, n, s: torch.ops.pegasus.sample_loop([w[0].t()] + w[1:], c, n, 1.0, 0, "cpu", False), r"weights\[3\] \(layer 0 wh\) should be \[h \* C, 2C\], got \[6, 12\]"),
-        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w[:1] + [w[1].t().contiguous().t()] + w[2:], c, n, 1.0, 0, "cpu", False), r"weights\[1\] \(wv\) should be contiguous"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n[..., :5], 1.0, 0, False), r"noise should be Gumbel noise \[B, H, W, K=7\]"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n.double(), 1.0, 0, False), "noise should be Float on cpu like the weights, got Double"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n[:0], 1.0, 0, False), r"with B, H, W >= 1"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n, 0.0, 0, False), "temperature should be > 0, got 0"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c, n, float("nan"), 0, False), "temperature should be > 0"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w, c[:, :1], n, 1.0, 0, False), r"cond should be \[2, 2, 12\], got \[2, 1, 12\]"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(_drop(w, 3), c, n, 1.0, 0, False), "weights should be the 1 \\+ 7 \\* layers \\+ 4 tensors"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w[:2] + [w[2].double()] + w[3:], c, n, 1.0, 0, False), r"weights\[2\] is Double but weights\[0\] is Float"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w[:2] + [w[2][:5]] + w[3:], c, n, 1.0, 0, False), r"weights\[2\] \(layer0 bv\) should be \[12\], got \[5\]"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop([w[0].t()] + w[1:], c, n, 1.0, 0, False), r"weights\[3\] \(layer 0 wh\) should be \[h \* C, 2C\], got \[6, 12\]"),
+        (lambda w, c, n, s: torch.ops.pegasus.sample_loop(w[:1] + [w[1].t().contiguous().t()] + w[2:], c, n, 1.0, 0, False), r"weights\[1\] \(layer0 wv\) should be contiguous"),
         (lambda w, c, n, s: torch.ops.pegasus.sample_row(s[0][:, :1].contiguous(), s[2], w, c, 0), r"v2h_row should be \[2, 1, 4, 12\], got \[2, 2, 4, 12\]"),
         (lambda w, c, n, s: torch.ops.pegasus.sample_row(s[0], s[2], w, c, -1), "row should be >= 0, got -1"),
         (lambda w, c, n, s: torch.ops.pegasus.sample_row(s[0][:, :1], s[2], w, c, 0), "v_state should be contiguous"),
@@ -226,6 +354,7 @@ def test_bad_input_raises_before_any_work(small, call, match):
         call(weights, cond, noise, [t.clone() for t in state])
 
 
+@needs_ext
 def test_gil_is_released_while_sampling():
     """Another Python thread keeps running while the C++ loop samples: the loop runs without the
     GIL (holding it, the other thread would be stopped for the whole call)."""
@@ -254,6 +383,7 @@ def test_gil_is_released_while_sampling():
     assert len(during) >= 5, (len(during), end - start)
 
 
+@needs_ext
 def test_ctrl_c_stops_the_loop_between_rows(tmp_path):
     script = textwrap.dedent(
         """
@@ -283,10 +413,44 @@ def test_ctrl_c_stops_the_loop_between_rows(tmp_path):
 
 
 @needs_triton
-def test_triton_loop_steps_are_the_triton_ops():
-    """backend="triton" on CPU tensors (interpreter) goes through the *_triton step ops."""
+def test_triton_loop_steps_are_the_triton_kernels(monkeypatch):
+    """backend="triton" on CPU tensors (interpreter) runs the loop over the Triton launchers of
+    pegasus.kernels.sample_step: one row step per row, one position step per position."""
+    from pegasus.kernels import sample_step
+
+    calls = {"row": 0, "position": 0}
+    row, position = sample_step.sample_row, sample_step.sample_position
+
+    def counted_row(*args):
+        calls["row"] += 1
+        return row(*args)
+
+    def counted_position(*args):
+        calls["position"] += 1
+        return position(*args)
+
+    monkeypatch.setattr(sample_step, "sample_row", counted_row)
+    monkeypatch.setattr(sample_step, "sample_position", counted_position)
     prior = random_prior(7, 2, 3, True, torch.float64, seed=2)
     noise = gumbel_noise(2, (3, 3), 7, seed=0, dtype=torch.float64)
     weights, cond = loop_inputs(prior, noise, 0.5)
-    grid, _ = torch.ops.pegasus.sample_loop(weights, cond, noise, 1.0, 0, "triton", False)
-    assert torch.equal(grid, sample_indices(prior, 2, noise=noise, backend="reference"))
+    grid, _ = ops.sample_loop(weights, cond, noise, 1.0, 0, False, backend="triton")
+    assert calls == {"row": 3, "position": 9}
+    assert torch.equal(grid, sample_indices(prior, 2, noise=noise, backend="naive"))
+
+
+@pytest.mark.parametrize("backend", ["reference"] + (["cpu"] if _extension.has_cpp_ops() else []))
+def test_the_loop_wrapper_checks_its_inputs_on_every_backend(backend):
+    from pegasus import ops
+
+    prior = GatedPixelCNN(codes=5, channels=4, layers=2, kernel=3).eval()
+    weights, cond = prior.pack_for_sampling(), prior.sampling_conditioning(torch.zeros(2))
+    cases = [
+        (torch.zeros(2, 3, 3, 5), 0.0, "temperature should be a finite number > 0, got 0.0"),
+        (torch.zeros(2, 3, 3, 5, dtype=torch.float64), 1.0, "noise should be torch.float32 on cpu like the weights, got torch.float64"),
+        (torch.zeros(2, 3, 3, 4), 1.0, r"noise should be Gumbel noise \[B, H, W, K=5\] with B, H, W >= 1, got \(2, 3, 3, 4\)"),
+        (torch.zeros(3, 3, 3, 5), 1.0, r"cond should be torch.float32 \[L=2, B=3, 2C=8\], got torch.float32 \(2, 2, 8\)"),
+    ]
+    for noise, temperature, message in cases:
+        with pytest.raises(ValueError, match=message):
+            ops.sample_loop(weights, cond, noise, temperature, 0, backend=backend)

@@ -1,6 +1,9 @@
-"""pegasus::sample_row_triton and pegasus::sample_position_triton against pegasus.reference.
+"""The Triton kernels of pegasus::sample_row and pegasus::sample_position (pegasus.kernels.sample_step)
+against pegasus.reference.
 
-Runs on CUDA, or on CPU tensors in Triton's interpreter when TRITON_INTERPRET=1 is set at import
+Runs on CUDA (through the dispatcher, whose CUDA kernels of the two ops are the Triton ones), or on
+CPU tensors (the launchers, called directly as pegasus.ops does: the dispatcher gives CPU tensors
+to the C++ kernels) in Triton's interpreter when TRITON_INTERPRET=1 is set at import
 (`TRITON_INTERPRET=1 pytest tests/test_sample_step_triton.py`). The interpreter takes ~20-40 ms per
 position and layer on these tiny priors, so the configs are small and chosen for what they cover.
 """
@@ -9,28 +12,35 @@ import importlib.util
 import pytest
 import torch
 
-from pegasus import GatedPixelCNN, _extension, reference
-from pegasus.backend import triton_interpreting
+from pegasus import GatedPixelCNN, _extension, ops, reference
+from pegasus.backends import triton_interpreting
 from pegasus.sampling import gumbel_noise
 
-from .conftest import needs_ext
-from .test_cached_sampling import random_prior
+from .conftest import needs_ext, random_prior
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 if not (torch.cuda.is_available() or triton_interpreting()):
     pytest.skip("needs CUDA or TRITON_INTERPRET=1 (CI sets it)", allow_module_level=True)
 
-from pegasus.kernels import sample_step  # registers the Triton kernels of the ops
+from pegasus.kernels import sample_step  # registers the Triton kernels of the ops (for CUDA)
 
 DEVICE = "cpu" if triton_interpreting() else "cuda"
 TOLERANCES = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-4)}  # (states, logits) atol
 
 
 def triton_steps():
-    """The steps under test: through the dispatcher when the schemas are loaded, else the launchers."""
+    """The steps under test: the wrappers of pegasus.ops with backend="triton" when the schemas are
+    loaded (the dispatcher's Triton kernels on CUDA, the launchers on CPU tensors), else the launchers."""
     if _extension.has_cpp_ops():
-        return torch.ops.pegasus.sample_row_triton, torch.ops.pegasus.sample_position_triton
+
+        def row(*args):
+            return ops.sample_row(*args, backend="triton")
+
+        def position(*args):
+            return ops.sample_position(*args, backend="triton")
+
+        return row, position
     return sample_step.sample_row, sample_step.sample_position
 
 
@@ -136,11 +146,12 @@ def mid_grid_inputs(top_k=0, dtype=torch.float64):
 
 
 @needs_ext
+@pytest.mark.skipif(DEVICE != "cuda", reason="the dispatcher runs the Triton kernels on CUDA tensors only (the C++ ones on CPU)")
 @pytest.mark.parametrize("top_k", [0, 3])
 def test_opcheck(top_k):
     row_args, position_args = mid_grid_inputs(top_k)
-    torch.library.opcheck(torch.ops.pegasus.sample_position_triton.default, position_args)
-    torch.library.opcheck(torch.ops.pegasus.sample_row_triton.default, row_args)
+    torch.library.opcheck(torch.ops.pegasus.sample_position.default, position_args)
+    torch.library.opcheck(torch.ops.pegasus.sample_row.default, row_args)
 
 
 @needs_ext
@@ -151,7 +162,7 @@ def test_fake_shapes():
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in position_args]
         fake[3] = [mode.from_tensor(w) for w in position_args[3]]
-        codes, logits = torch.ops.pegasus.sample_position_triton(*fake)
+        codes, logits = torch.ops.pegasus.sample_position(*fake)
     assert codes.shape == (3,) and codes.dtype == torch.int64
     assert logits.shape == (3, 13) and logits.dtype == torch.float64
 
@@ -159,7 +170,7 @@ def test_fake_shapes():
 def test_bad_input():
     row_args, position_args = mid_grid_inputs()
     v_state, x_state, v2h_row, weights, noise, *rest = position_args
-    with pytest.raises(ValueError, match=r"sample_position_triton: x_state should be torch.float64 like v_state, got torch.float32"):
+    with pytest.raises(ValueError, match=r"sample_position \(triton\): x_state should be torch.float64 like v_state, got torch.float32"):
         sample_step.sample_position(v_state, x_state.float(), v2h_row, weights, noise, *rest)
     with pytest.raises(ValueError, match=r"v2h_row should be contiguous, got strides"):
         sample_step.sample_position(v_state, x_state, v2h_row.transpose(2, 3).contiguous().transpose(2, 3), weights, noise, *rest)
@@ -173,7 +184,7 @@ def test_bad_input():
         sample_step.sample_position(v_state, x_state, v2h_row, bad, noise, *rest)
     with pytest.raises(ValueError, match=r"weights should be 1 \+ 7 \* L \+ 4 = 26 tensors for L=3, got 25"):
         sample_step.sample_row(row_args[0], row_args[1], weights[:-1], row_args[3], 3)
-    with pytest.raises(ValueError, match=r"sample_row_triton: cond should be torch.float64 like v_state, got torch.float32"):
+    with pytest.raises(ValueError, match=r"sample_row \(triton\): cond should be torch.float64 like v_state, got torch.float32"):
         sample_step.sample_row(row_args[0], row_args[1], weights, row_args[3].float(), 3)
 
 

@@ -1,4 +1,4 @@
-"""The reference sampler: Gumbel-max with explicit noise, top-k, temperature, bad input."""
+"""Sampling (the default backend): Gumbel-max with explicit noise, top-k, temperature, bad input."""
 import math
 
 import pytest
@@ -6,7 +6,8 @@ import torch
 
 import pegasus
 from pegasus import GatedPixelCNN
-from pegasus.sampling import choose, gumbel_noise, sample_indices
+from pegasus.reference import choose_codes
+from pegasus.sampling import gumbel_noise, sample_indices
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,9 @@ def test_top_k(prior):
     # top_k=1 is greedy decoding: every code is the argmax of its logits, whatever the noise.
     greedy = sample_indices(prior, 4, alpha=0.8, top_k=1, noise=noise)
     assert torch.equal(greedy, teacher_forced_logits(prior, greedy, 0.8).argmax(-1))
-    assert torch.equal(choose(torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([[9.0, 0.0, 5.0]]), 1.0, 2), torch.tensor([2]))
+    assert torch.equal(choose_codes(torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([[9.0, 0.0, 5.0]]), 1.0, 2), torch.tensor([2]))
+    # top_k <= 0 means every code: the noise wins here.
+    assert torch.equal(choose_codes(torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([[9.0, 0.0, 5.0]]), 1.0, 0), torch.tensor([0]))
 
 
 def test_gumbel_noise_is_seeded_and_leaves_the_global_rng_alone():
@@ -83,7 +86,7 @@ def test_other_grid_sizes_from_noise(prior):
         ({"noise": torch.zeros(2, 3, 4, 10)}, ValueError, r"noise should be Gumbel noise \[n=2, H, W, K=11\], got \(2, 3, 4, 10\)"),
         ({"noise": torch.zeros(2, 3, 4, 11, dtype=torch.int64)}, ValueError, "noise should be a floating-point tensor, got torch.int64"),
         ({"noise": torch.zeros(2, 3, 4)}, ValueError, r"noise should be Gumbel noise \[n=2, H, W, K=11\], got \(2, 3, 4\)"),
-        ({"backend": "fast"}, ValueError, "backend should be one of reference, cached, cpu, triton, got 'fast'"),
+        ({"backend": "fast"}, ValueError, r"backend should be one of naive, reference, cpu, triton \(sampler backends\), got 'fast'"),
     ],
 )
 def test_bad_input(prior, kwargs, error, match):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from pegasus.data import ImageDataset
-from pegasus.select import SelectionError, read_ids, read_selection, select_white, whiteness, write_selection
+from pegasus.rundir import read_selection
+from pegasus.select import SelectionError, read_ids, select_white, whiteness, write_selection
 
 
 def scene(background, centre, size=32):
@@ -62,5 +63,5 @@ def test_selection_errors(tmp_path):
     (tmp_path / "bad.txt").write_text("3 x\n")
     with pytest.raises(SelectionError, match="bad.txt: expected integer ids"):
         read_ids(tmp_path / "bad.txt")
-    with pytest.raises(SelectionError, match=r"selection.json is missing: run `pegasus select --run"):
+    with pytest.raises(SelectionError, match=r"selection.json is missing: run `pegasus select --run-dir "):
         read_selection(tmp_path)

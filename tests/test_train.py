@@ -5,10 +5,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pegasus import train as train_mod
+import pegasus.train_vqvae as train_mod
 from pegasus.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
 from pegasus.models import VQVAE, VQVAEConfig
-from pegasus.train import TrainingError, load_vqvae, train_vqvae
+from pegasus.rundir import load_vqvae
+from pegasus.train_vqvae import train_vqvae
+from pegasus.training import TrainingError
 
 from .conftest import TINY_MODEL
 

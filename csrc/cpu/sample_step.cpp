@@ -76,7 +76,7 @@ void sample_row_cpu(const at::Tensor& v_state, const at::Tensor& v2h_row, at::Te
       return vs + ((l * batch + b) * ring + slot) * padded * c;
     };
     for (int64_t l = 0; l < p.layers; ++l) {
-      const at::Tensor& wv = weights[1 + 7 * l];
+      const at::Tensor& wv = weights[packed::layer_index(l, packed::kWv)];
       const int64_t rows = wv.size(0) / (k * c);
       // The vertical convolution of row `row` as kernel-row products with no im2col copy: for
       // sample b and kernel row r (ring slot of row row-h+r), the k*C inputs of output column j are
@@ -85,7 +85,7 @@ void sample_row_cpu(const at::Tensor& v_state, const at::Tensor& v2h_row, at::Te
       at::Tensor v_pre = at::empty({batch * width, 2 * c}, v_state.options());
       T* vp_out = v_pre.data_ptr<T>();
       const T* wv_p = wv.data_ptr<T>();
-      const T* bv_p = weights[2 + 7 * l].data_ptr<T>();
+      const T* bv_p = weights[packed::layer_index(l, packed::kBv)].data_ptr<T>();
       at::parallel_for(0, batch, 1, [&](int64_t b_begin, int64_t b_end) {
         for (int64_t b = b_begin; b < b_end; ++b) {
           T* out = vp_out + b * width * 2 * c;
@@ -97,7 +97,8 @@ void sample_row_cpu(const at::Tensor& v_state, const at::Tensor& v2h_row, at::Te
         }
       });
       at::Tensor v2h = v2h_row.select(0, l).view({batch * width, 2 * c});
-      small_gemm<T>(vp_out, 2 * c, weights[4 + 7 * l].data_ptr<T>(), weights[5 + 7 * l].data_ptr<T>(), 0,
+      small_gemm<T>(vp_out, 2 * c, weights[packed::layer_index(l, packed::kWvh)].data_ptr<T>(),
+                    weights[packed::layer_index(l, packed::kBhv)].data_ptr<T>(), 0,
                     v2h.data_ptr<T>(), batch * width, 2 * c, 2 * c);
       const T* vp = v_pre.data_ptr<T>();
       T* vh = v2h.data_ptr<T>();
@@ -180,19 +181,20 @@ std::tuple<at::Tensor, at::Tensor> sample_position_cpu(const at::Tensor& v_state
     T* up = u.data_ptr<T>();
     T* hp = h_pre.data_ptr<T>();
     const T* vh = v2h_row.data_ptr<T>();
-    auto w_at = [&](size_t i) { return weights[i].data_ptr<T>(); };
+    auto w_at = [&](int64_t i) { return weights[i].data_ptr<T>(); };
+    auto layer_w = [&](int64_t l, packed::Layer t) { return w_at(packed::layer_index(l, t)); };
+    auto head_w = [&](packed::Head t) { return w_at(packed::head_index(p.layers, t)); };
     for (int64_t l = 0; l < p.layers; ++l) {
-      const size_t base = 1 + 7 * static_cast<size_t>(l);
-      const int64_t cols = weights[base + 2].size(0) / c;
+      const int64_t cols = weights[packed::layer_index(l, packed::kWh)].size(0) / c;
       // h_pre = v2h_row[l, :, col] + (columns col-h .. col-h+cols-1 of layer l's input) @ wh.
-      small_gemm<T>(x_at(l, 0, col), padded_x * c, w_at(base + 2), vh + (l * batch * width + col) * 2 * c,
+      small_gemm<T>(x_at(l, 0, col), padded_x * c, layer_w(l, packed::kWh), vh + (l * batch * width + col) * 2 * c,
                     width * 2 * c, hp, batch, cols * c, 2 * c);
       if (batch * c >= kVectorGateMin) {
         gate_aten(h_pre, u, c);
       } else {
         for (int64_t b = 0; b < batch; ++b) gate(hp + b * 2 * c, static_cast<const T*>(nullptr), c, up + b * c);
       }
-      small_gemm<T>(up, c, w_at(base + 5), w_at(base + 6), 0, out_skip.data(), batch, c, 2 * c);
+      small_gemm<T>(up, c, layer_w(l, packed::kWos), layer_w(l, packed::kBos), 0, out_skip.data(), batch, c, 2 * c);
       for (int64_t b = 0; b < batch; ++b) {
         const T* os = out_skip.data() + b * 2 * c;
         if (l + 1 < p.layers) {
@@ -203,16 +205,15 @@ std::tuple<at::Tensor, at::Tensor> sample_position_cpu(const at::Tensor& v_state
         for (int64_t i = 0; i < c; ++i) skip[b * c + i] += os[c + i];
       }
     }
-    const size_t head = 1 + 7 * static_cast<size_t>(p.layers);
     for (T& v : skip) v = v < T(0) ? T(0) : v;  // relu that keeps NaN, as torch.relu does
-    small_gemm<T>(skip.data(), c, w_at(head), w_at(head + 1), 0, hidden.data(), batch, c, c);
+    small_gemm<T>(skip.data(), c, head_w(packed::kW1), head_w(packed::kB1), 0, hidden.data(), batch, c, c);
     for (T& v : hidden) v = v < T(0) ? T(0) : v;
     logits = at::empty({batch, p.codes}, x_state.options());
-    small_gemm<T>(hidden.data(), c, w_at(head + 2), w_at(head + 3), 0, logits.data_ptr<T>(), batch, c, p.codes);
+    small_gemm<T>(hidden.data(), c, head_w(packed::kW2), head_w(packed::kB2), 0, logits.data_ptr<T>(), batch, c, p.codes);
     const T* lp = logits.data_ptr<T>();
     const T* np = noise.data_ptr<T>();
     int64_t* cp = codes.data_ptr<int64_t>();
-    const T* emb = weights[0].data_ptr<T>();
+    const T* emb = weights[packed::kEmbedding].data_ptr<T>();
     T* vs = v_state.data_ptr<T>();
     std::vector<T> scratch;
     for (int64_t b = 0; b < batch; ++b) {

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pegasus import packed_prior
+
 
 @dataclass
 class PixelCNNConfig:
@@ -181,25 +183,8 @@ class GatedPixelCNN(nn.Module):
 
     @torch.no_grad()
     def pack_for_sampling(self) -> list[Tensor]:
-        """The weights the sampling ops read, packed once: a list of 1 + 7 * layers + 4 contiguous
-        tensors in the prior's dtype and device. Matrices are [in, out], so a batch of inputs
-        X[B, in] maps to X @ W; C = channels, k = kernel, h = k // 2, K = codes.
-
-            [0]               embedding            [K, C]
-            per layer l, at 1 + 7 * l:
-              wv   vertical conv                   [rows * k * C, 2C]   row-major over (r, dx, c)
-              bv   its bias                        [2C]
-              wh   horizontal conv                 [cols * C, 2C]       row-major over (dx, c)
-              wvh  vertical-to-horizontal 1x1      [2C, 2C]
-              bhv  bias of wvh + bias of wh        [2C]  (both enter the horizontal stack once)
-              wos  out and skip 1x1, side by side  [C, 2C]   (columns :C out, C: skip)
-              bos  their biases                    [2C]
-            head, at 1 + 7 * layers:  w1 [C, C], b1 [C], w2 [C, K], b2 [K]
-
-        Mask A (layer 0) keeps only the kernel rows above the current one (rows = h) and the
-        columns left of the current one (cols = h); mask B layers keep rows = cols = h + 1. The
-        masked-out taps are left out, not stored as zeros.
-        """
+        """The weights the sampling ops read, packed once: the list that pegasus/packed_prior.py
+        describes (1 + 7 * layers + 4 contiguous tensors in the prior's dtype and device)."""
         c, k, h = self.cfg.channels, self.cfg.kernel, self.cfg.kernel // 2
         packed = [self.embedding.weight]
         for layer in self.layers:
@@ -207,17 +192,17 @@ class GatedPixelCNN(nn.Module):
             wv = layer.vertical.weight[:, :, :keep, :]  # [2C, C, rows, k]
             wh = layer.horizontal.weight[:, :, 0, :keep]  # [2C, C, cols]
             wos = torch.cat([layer.out.weight.flatten(1), layer.skip.weight.flatten(1)], 0)  # [2C, C]
-            packed += [
-                wv.permute(2, 3, 1, 0).reshape(keep * k * c, 2 * c),
-                layer.vertical.bias,
-                wh.permute(2, 1, 0).reshape(keep * c, 2 * c),
-                layer.v_to_h.weight.flatten(1).t(),
-                layer.v_to_h.bias + layer.horizontal.bias,
-                wos.t(),
-                torch.cat([layer.out.bias, layer.skip.bias]),
-            ]
+            packed += packed_prior.LayerWeights(
+                wv=wv.permute(2, 3, 1, 0).reshape(keep * k * c, 2 * c),
+                bv=layer.vertical.bias,
+                wh=wh.permute(2, 1, 0).reshape(keep * c, 2 * c),
+                wvh=layer.v_to_h.weight.flatten(1).t(),
+                bhv=layer.v_to_h.bias + layer.horizontal.bias,
+                wos=wos.t(),
+                bos=torch.cat([layer.out.bias, layer.skip.bias]),
+            )
         w1, w2 = self.head[1], self.head[3]
-        packed += [w1.weight.flatten(1).t(), w1.bias, w2.weight.flatten(1).t(), w2.bias]
+        packed += packed_prior.HeadWeights(w1=w1.weight.flatten(1).t(), b1=w1.bias, w2=w2.weight.flatten(1).t(), b2=w2.bias)
         return [t.detach().contiguous() for t in packed]
 
     @torch.no_grad()

@@ -1,15 +1,7 @@
-"""VQ-VAE training: resumable, checkpointed, with metrics, reconstructions and loss curves.
+"""Stage 1, VQ-VAE training: resumable, checkpointed, with metrics, reconstructions and loss curves.
 
-A run directory holds:
-  config.json            model, data and training settings, format stamp and number of processes
-                         (written first; --resume reads it)
-  checkpoint.safetensors model + optimizer + step + RNG, rewritten atomically every N steps;
-                         checkpoint.prev.safetensors holds the one before
-  metrics.jsonl          one JSON record per logged step
-  vqvae.safetensors      final weights (parameters and EMA buffers)
-  eval.json              test-split MSE on [0, 1] pixels, perplexity, codes in use
-  reconstructions.png    test originals (odd rows) over their reconstructions (even rows)
-  loss_curves.png        loss, reconstruction MSE and perplexity against step
+It writes config.json, checkpoint.safetensors, metrics.jsonl, vqvae.safetensors, eval.json,
+reconstructions.png and loss_curves.png into the run directory (pegasus.rundir describes them).
 
 Under torchrun each of the N processes trains on its own batch_size images of a step's N x
 batch_size (pegasus._distributed); rank 0 alone writes the run directory.
@@ -27,53 +19,15 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from pegasus._distributed import Dist, distributed
-from pegasus._loop import TrainConfig, TrainingError, fit, global_slice, run_settings
-from pegasus.checkpoint import (
-    CheckpointError,
-    atomic_write_text,
-    load_checkpoint,
-    load_weights,
-    read_checkpoint,
-    read_run_config,
-    save_weights,
-    stamp,
-)
+from pegasus.checkpoint import atomic_write_text, load_checkpoint, read_checkpoint, save_weights, stamp
 from pegasus.data import ImageDataset, load_dataset
-from pegasus.images import save_grid, save_loss_curves
+from pegasus.images import images_to_tensor, save_grid, save_loss_curves
 from pegasus.models.quantizer import code_perplexity
 from pegasus.models.vqvae import VQVAE, VQVAEConfig
+from pegasus.rundir import CHECKPOINT, CONFIG, LOSS_CURVES, METRICS, RECONSTRUCTIONS, VQVAE_EVAL, VQVAE_WEIGHTS
+from pegasus.training import TrainConfig, TrainingError, batch_indices, fit, global_slice, run_settings
 
-CONFIG, CHECKPOINT, METRICS, WEIGHTS, EVAL = (
-    "config.json",
-    "checkpoint.safetensors",
-    "metrics.jsonl",
-    "vqvae.safetensors",
-    "eval.json",
-)
-
-
-__all__ = ["TrainConfig", "TrainingError", "batch_indices", "evaluate", "images_to_tensor", "load_vqvae", "train_vqvae"]
-
-
-def images_to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
-    """uint8 array [B, H, W, 3] -> float Tensor[B, 3, H, W] in [0, 1]."""
-    t = torch.from_numpy(np.array(images)).to(device)  # a writable copy (the data may be a read-only memmap)
-    return t.permute(0, 3, 1, 2).float().div_(255)
-
-
-def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
-    """Indices of the images of training step `step`: shuffled epochs, a function of (seed, step)
-    alone, so that a resumed run sees exactly the batches an uninterrupted one would."""
-    start = step * batch_size
-    out = np.empty(batch_size, dtype=np.int64)
-    filled = 0
-    while filled < batch_size:
-        epoch, pos = divmod(start + filled, n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        take = min(batch_size - filled, n - pos)
-        out[filled : filled + take] = perm[pos : pos + take]
-        filled += take
-    return out
+__all__ = ["TrainConfig", "TrainingError", "evaluate", "train_vqvae"]
 
 
 def data_variance(images: np.ndarray, limit: int = 10000) -> float:
@@ -217,32 +171,19 @@ def _train_vqvae(
     )
 
     def finish() -> dict[str, Any]:
-        save_weights(out / WEIGHTS, model, metadata={"config": json.dumps(model_cfg.to_dict())})
+        save_weights(out / VQVAE_WEIGHTS, model, metadata={"config": json.dumps(model_cfg.to_dict())})
         summary = evaluate(model, test_ds.images, device)
         summary["steps"] = step
-        atomic_write_text(out / EVAL, json.dumps(summary, indent=2))
+        atomic_write_text(out / VQVAE_EVAL, json.dumps(summary, indent=2))
         # 32 test images spread over the split (image folders list it class by class).
         spread = np.linspace(0, len(test_ds) - 1, min(32, len(test_ds))).astype(np.int64)
-        save_reconstructions(model, test_ds.images[spread], out / "reconstructions.png")
+        save_reconstructions(model, test_ds.images[spread], out / RECONSTRUCTIONS)
         if records:
             save_loss_curves(
                 records,
-                out / "loss_curves.png",
+                out / LOSS_CURVES,
                 {"loss": "loss (MSE/var + commitment)", "mse": "reconstruction MSE", "perplexity": "code perplexity"},
             )
         return summary
 
     return dist.on_main(finish)
-
-
-def load_vqvae(run_dir: str | os.PathLike, device: str | torch.device = "cpu", backend: str | None = None) -> VQVAE:
-    """The trained VQ-VAE of a run directory, in eval mode."""
-    run_dir = Path(run_dir)
-    fields = read_run_config(run_dir / CONFIG, "vqvae")["vqvae"]
-    try:
-        cfg = VQVAEConfig(**fields)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{run_dir / CONFIG}: cannot read the VQ-VAE config ({e})") from e
-    model = VQVAE(cfg, backend=backend)
-    load_weights(run_dir / WEIGHTS, model, config=cfg.to_dict())
-    return model.to(device).eval()

@@ -1,4 +1,4 @@
-"""A finished run directory as one object: its VQ-VAE, its prior, and sampling to images.
+"""Stage 5, sampling: a finished run directory as one object (its VQ-VAE and prior), and images from it.
 
 >>> run = pegasus.load_run("runs/c10")
 >>> images = run.sample(64, alpha=0.5, temperature=1.0, seed=0)   # uint8 [64, 3, 32, 32]
@@ -16,13 +16,11 @@ import torch
 from torch import Tensor
 
 from pegasus.checkpoint import CheckpointError
-from pegasus.images import save_grid, to_uint8
-from pegasus.interpolate import load_run_vqvae
+from pegasus.images import image_format, save_grid, to_uint8, whiteness
 from pegasus.models import VQVAE
 from pegasus.models.pixelcnn import GatedPixelCNN
-from pegasus.prior import load_prior
+from pegasus.rundir import load_prior, load_vqvae
 from pegasus.sampling import sample_indices
-from pegasus.select import whiteness
 
 
 @dataclass
@@ -37,14 +35,17 @@ class Run:
         self,
         n: int,
         alpha: float = 0.5,
+        *,
         temperature: float = 1.0,
-        seed: int = 0,
         top_k: int | None = None,
+        seed: int = 0,
         noise: Tensor | None = None,
         backend: str | None = None,
     ) -> Tensor:
         """Code grids Tensor[n, h, w] int64 from the prior (see `pegasus.sample_indices`)."""
-        return sample_indices(self.prior, n, alpha, temperature, top_k=top_k, seed=seed, noise=noise, backend=backend)
+        return sample_indices(
+            self.prior, n, alpha, temperature=temperature, top_k=top_k, seed=seed, noise=noise, backend=backend
+        )
 
     @torch.no_grad()
     def decode(self, indices: Tensor) -> Tensor:
@@ -56,14 +57,16 @@ class Run:
         self,
         n: int,
         alpha: float = 0.5,
+        *,
         temperature: float = 1.0,
-        seed: int = 0,
         top_k: int | None = None,
+        seed: int = 0,
         noise: Tensor | None = None,
         backend: str | None = None,
     ) -> Tensor:
         """n sampled, decoded images: uint8 Tensor[n, 3, H, W]."""
-        return self.decode(self.sample_indices(n, alpha, temperature, seed, top_k, noise, backend))
+        grids = self.sample_indices(n, alpha, temperature=temperature, top_k=top_k, seed=seed, noise=noise, backend=backend)
+        return self.decode(grids)
 
 
 def whitest(images: Tensor, n: int) -> Tensor:
@@ -79,7 +82,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     """The VQ-VAE and the prior of RUN_DIR. A missing file raises CheckpointError naming it and
     the command that makes it."""
     run_dir = Path(run_dir)
-    vqvae, prior = load_run_vqvae(run_dir, device), load_prior(run_dir, device)
+    vqvae, prior = load_vqvae(run_dir, device), load_prior(run_dir, device)
     if prior.cfg.codes != vqvae.cfg.codes:
         raise CheckpointError(
             f"{run_dir}: the prior models {prior.cfg.codes} codes (prior_config.json) but the VQ-VAE has "
@@ -93,6 +96,7 @@ def sample_to_png(
     out: str | os.PathLike,
     n: int = 64,
     alpha: float = 0.5,
+    *,
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int = 0,
@@ -101,13 +105,14 @@ def sample_to_png(
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Sample `best_of` (default n) images from RUN_DIR (or a loaded Run), keep the n whitest, write
-    them to `out` as a PNG grid of 8 per row. Returns what was done and the time per sampling step
-    (one position of the whole batch)."""
+    them to `out` as an image grid of 8 per row (PNG, JPEG or WebP by its suffix). Returns what was
+    done and the time per sampling step (one position of the whole batch)."""
     if best_of is not None and best_of < n:
         raise ValueError(f"best-of should be >= n ({n}), got {best_of}")
+    image_format(out)  # a suffix that cannot be written fails before the sampling, not after
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir, device)
     t0 = time.perf_counter()
-    grids = run.sample_indices(best_of or n, alpha, temperature, seed, top_k, backend=backend)
+    grids = run.sample_indices(best_of or n, alpha, temperature=temperature, top_k=top_k, seed=seed, backend=backend)
     seconds = time.perf_counter() - t0
     images = run.decode(grids)
     if best_of is not None:

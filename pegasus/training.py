@@ -94,6 +94,21 @@ def run_settings(
     return saved_model, {**saved_train, **train_over}
 
 
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Indices of the images of training step `step`: shuffled epochs, a function of (seed, step)
+    alone, so that a resumed run sees exactly the batches an uninterrupted one would."""
+    start = step * batch_size
+    out = np.empty(batch_size, dtype=np.int64)
+    filled = 0
+    while filled < batch_size:
+        epoch, pos = divmod(start + filled, n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        take = min(batch_size - filled, n - pos)
+        out[filled : filled + take] = perm[pos : pos + take]
+        filled += take
+    return out
+
+
 def global_slice(batch: np.ndarray, dist: Dist) -> np.ndarray:
     """This rank's share of a step's batch of world * B indices: the B from rank * B on. Every rank
     draws the same batch from the same seed, so the ranks together see what one process would."""

@@ -1,14 +1,8 @@
-"""Training the GatedPixelCNN prior on the interpolated code grids of a run directory.
+"""Stage 4, training the GatedPixelCNN prior on the interpolated code grids of a run directory.
 
-Reads RUN_DIR/latents.safetensors (`pegasus interpolate`) and writes
-  prior_config.json            prior, training and data settings, format stamp and number of
-                               processes (written first; --resume reads it)
-  prior_checkpoint.safetensors model, Adam state, step and RNG state, rewritten atomically;
-                               prior_checkpoint.prev.safetensors holds the one before
-  prior_metrics.jsonl          one record every log_every steps: loss (nats), bits, grids_per_s
-  prior.safetensors            final weights
-  prior_eval.json              NLL in nats and bits per position on the held-out and training grids
-  prior_loss_curves.png        training cross-entropy against step
+Reads RUN_DIR/latents.safetensors (`pegasus interpolate`) and the VQ-VAE's config.json; writes
+prior_config.json, prior_checkpoint.safetensors, prior_metrics.jsonl, prior.safetensors,
+prior_eval.json and prior_loss_curves.png (pegasus.rundir describes them).
 
 The held-out split is by pair: a seeded `held_out` share of the bird/horse pairs, every alpha of
 them, so the held-out NLL measures grids of pairs the prior never saw.
@@ -32,30 +26,20 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pegasus._distributed import Dist, distributed
-from pegasus._loop import TrainConfig, TrainingError, fit, global_slice, run_settings
-from pegasus.checkpoint import (
-    CheckpointError,
-    atomic_write_text,
-    load_checkpoint,
-    load_weights,
-    read_checkpoint,
-    read_run_config,
-    save_weights,
-    stamp,
-)
+from pegasus.checkpoint import atomic_write_text, load_checkpoint, read_checkpoint, save_weights, stamp
 from pegasus.images import save_loss_curves
-from pegasus.interpolate import read_latents
 from pegasus.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
-from pegasus.train import CONFIG, batch_indices
-
-PRIOR_CONFIG, PRIOR_CHECKPOINT, PRIOR_METRICS, PRIOR_WEIGHTS, PRIOR_EVAL, PRIOR_CURVES = (
-    "prior_config.json",
-    "prior_checkpoint.safetensors",
-    "prior_metrics.jsonl",
-    "prior.safetensors",
-    "prior_eval.json",
-    "prior_loss_curves.png",
+from pegasus.rundir import (
+    PRIOR_CHECKPOINT,
+    PRIOR_CONFIG,
+    PRIOR_CURVES,
+    PRIOR_EVAL,
+    PRIOR_METRICS,
+    PRIOR_WEIGHTS,
+    read_latents,
+    vqvae_config,
 )
+from pegasus.training import TrainConfig, TrainingError, batch_indices, fit, global_slice, run_settings
 
 
 @dataclass
@@ -145,16 +129,6 @@ def train_prior(
         return _train_prior(Path(run_dir), prior_cfg, train_cfg, dist, resume, progress)
 
 
-def _read_inputs(out: Path) -> tuple[dict[str, Tensor], int]:
-    latents = read_latents(out)
-    if not (out / CONFIG).is_file():
-        raise CheckpointError(f"{out / CONFIG} is missing: run `pegasus train-vqvae --out {out}` first")
-    fields = read_run_config(out / CONFIG, "vqvae")["vqvae"]
-    if not isinstance(fields.get("codes"), int):
-        raise CheckpointError(f"{out / CONFIG}: expected an integer vqvae.codes, found {fields.get('codes')!r}")
-    return latents, fields["codes"]
-
-
 def _train_prior(
     out: Path,
     prior_cfg: PixelCNNConfig | dict[str, Any] | None,
@@ -164,7 +138,7 @@ def _train_prior(
     progress: bool,
 ) -> dict[str, Any]:
     device = dist.device
-    latents, codes = dist.on_main(lambda: _read_inputs(out))
+    latents, codes = dist.on_main(lambda: (read_latents(out), vqvae_config(out).codes))
     grid = list(latents["indices"].shape[-2:])
 
     model_over = prior_cfg.to_dict() if isinstance(prior_cfg, PixelCNNConfig) else dict(prior_cfg or {})
@@ -222,19 +196,3 @@ def _train_prior(
         return summary
 
     return dist.on_main(finish)
-
-
-def load_prior(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> GatedPixelCNN:
-    """The trained prior of a run directory, in eval mode; a missing file names the command that makes it."""
-    run_dir = Path(run_dir)
-    for name in (PRIOR_CONFIG, PRIOR_WEIGHTS):
-        if not (run_dir / name).is_file():
-            raise CheckpointError(f"{run_dir / name} is missing: run `pegasus train-prior --run {run_dir}` first")
-    fields = read_run_config(run_dir / PRIOR_CONFIG, "prior")["prior"]
-    try:
-        cfg = PixelCNNConfig(**fields)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{run_dir / PRIOR_CONFIG}: cannot read the prior config ({e})") from e
-    prior = GatedPixelCNN(cfg)
-    load_weights(run_dir / PRIOR_WEIGHTS, prior, config=cfg.to_dict())
-    return prior.to(device).eval()

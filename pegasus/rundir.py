@@ -1,0 +1,222 @@
+"""The run directory: the name of every file a run holds, and every loader and saver of one.
+
+The stages of the method (train_vqvae, select, interpolate, train_prior, sample) read what earlier
+stages wrote through this module alone, so they import it and the models, never each other.
+
+  file                           written by     holds
+  config.json                    train-vqvae    VQ-VAE, data and training settings, format stamp,
+                                                number of processes (written first; --resume reads it)
+  checkpoint.safetensors         train-vqvae    model + optimizer + step + RNG (.prev: the one before)
+  metrics.jsonl                  train-vqvae    one JSON record per logged step
+  vqvae.safetensors              train-vqvae    final weights (parameters and EMA buffers)
+  eval.json                      train-vqvae    test MSE on [0, 1] pixels, perplexity, codes in use
+  reconstructions.png            train-vqvae    test originals (odd rows) over their reconstructions
+  loss_curves.png                train-vqvae    loss, MSE and perplexity against step
+  selection.json                 select         data set (as given), split, bird and horse ids, scores
+  selection.png                  select         contact sheet of the picks
+  latents.safetensors            interpolate    indices int64 [P, A, h, w], alphas float32 [A],
+                                                pairs int64 [P, 2] (bird id, horse id), mirrored bool [P]
+  interpolation.png              interpolate    one strip per shown pair: bird, decoded alphas, horse
+  prior_config.json              train-prior    prior, training and latents settings (like config.json)
+  prior_checkpoint.safetensors   train-prior    as checkpoint.safetensors
+  prior_metrics.jsonl            train-prior    loss (nats), bits, grids_per_s every log_every steps
+  prior.safetensors              train-prior    final weights
+  prior_eval.json                train-prior    held-out and training NLL per position
+  prior_loss_curves.png          train-prior    training cross-entropy against step
+  pegasi.png                     sample         the sample grid of the pipeline
+
+A missing file raises CheckpointError (or SelectionError for the selection) naming the file and
+the command that makes it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save
+from torch import Tensor
+
+from pegasus.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, load_tensors, load_weights, read_run_config
+from pegasus.data import ImageDataset, load_dataset
+from pegasus.data._dataset import SPLITS
+from pegasus.models import VQVAE, GatedPixelCNN, PixelCNNConfig, VQVAEConfig
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.jsonl"
+VQVAE_WEIGHTS = "vqvae.safetensors"
+VQVAE_EVAL = "eval.json"
+RECONSTRUCTIONS = "reconstructions.png"
+LOSS_CURVES = "loss_curves.png"
+SELECTION = "selection.json"
+CONTACT_SHEET = "selection.png"
+LATENTS = "latents.safetensors"
+STRIPS = "interpolation.png"
+PRIOR_CONFIG = "prior_config.json"
+PRIOR_CHECKPOINT = "prior_checkpoint.safetensors"
+PRIOR_METRICS = "prior_metrics.jsonl"
+PRIOR_WEIGHTS = "prior.safetensors"
+PRIOR_EVAL = "prior_eval.json"
+PRIOR_CURVES = "prior_loss_curves.png"
+SAMPLES = "pegasi.png"
+
+# The command that writes each input a later stage needs, for the "is missing" messages.
+_MAKES = {
+    CONFIG: "pegasus train-vqvae --data PATH --out {run}",
+    VQVAE_WEIGHTS: "pegasus train-vqvae --data PATH --out {run}",
+    SELECTION: "pegasus select --run-dir {run} --data PATH",
+    LATENTS: "pegasus interpolate --run-dir {run}",
+    PRIOR_CONFIG: "pegasus train-prior --run-dir {run}",
+    PRIOR_WEIGHTS: "pegasus train-prior --run-dir {run}",
+}
+
+
+class SelectionError(ValueError):
+    """No bird or horse class, an empty selection, or ids that do not fit the data set."""
+
+
+def require(run_dir: str | os.PathLike, *names: str, error: type[Exception] = CheckpointError) -> None:
+    """Raise `error` naming the first of `names` missing from RUN_DIR and the command that makes it."""
+    run_dir = Path(run_dir)
+    for name in names:
+        if not (run_dir / name).is_file():
+            raise error(f"{run_dir / name} is missing: run `{_MAKES[name].format(run=run_dir)}` first")
+
+
+# --- VQ-VAE ---------------------------------------------------------------------------------------
+
+
+def vqvae_config(run_dir: str | os.PathLike) -> VQVAEConfig:
+    """The VQ-VAE settings of RUN_DIR/config.json."""
+    path = Path(run_dir) / CONFIG
+    require(run_dir, CONFIG)
+    fields = read_run_config(path, "vqvae")["vqvae"]
+    try:
+        return VQVAEConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read the VQ-VAE config ({e})") from e
+
+
+def load_vqvae(run_dir: str | os.PathLike, device: str | torch.device = "cpu", backend: str | None = None) -> VQVAE:
+    """The trained VQ-VAE of RUN_DIR, in eval mode (`backend`: its nearest-code backend)."""
+    require(run_dir, CONFIG, VQVAE_WEIGHTS)
+    cfg = vqvae_config(run_dir)
+    model = VQVAE(cfg, backend=backend)
+    load_weights(Path(run_dir) / VQVAE_WEIGHTS, model, config=cfg.to_dict())
+    return model.to(device).eval()
+
+
+def _codes_if_known(run_dir: Path) -> int | None:
+    """K of the run's VQ-VAE, or None when config.json cannot tell."""
+    try:
+        return int(json.loads((run_dir / CONFIG).read_text())["vqvae"]["codes"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+# --- selection ------------------------------------------------------------------------------------
+
+
+def class_index(ds: ImageDataset, name: str) -> int:
+    """Label of the class called `name` (case-insensitive)."""
+    matches = [k for k, c in enumerate(ds.classes) if c.lower() == name.lower()]
+    if not matches:
+        raise SelectionError(f"{ds.source}: no {name!r} class (case-insensitive); its classes are {ds.classes}")
+    return matches[0]
+
+
+def check_ids(ds: ImageDataset, name: str, ids: list[int]) -> list[int]:
+    """`ids` after checking they are in range of `ds` and images of class `name`."""
+    label = class_index(ds, name)
+    bad = [int(i) for i in ids if not 0 <= i < len(ds)]
+    if bad:
+        raise SelectionError(f"{name} ids {bad[:5]} are out of range: the split has {len(ds)} images (ids 0..{len(ds) - 1})")
+    wrong = [int(i) for i in ids if ds.labels[i] != label]
+    if wrong:
+        raise SelectionError(f"{name} ids {wrong[:5]} are not {ds.classes[label]!r} images")
+    if not ids:
+        raise SelectionError(f"{ds.source}: the selection of {name}s is empty")
+    return [int(i) for i in ids]
+
+
+def write_selection(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Write RUN_DIR/selection.json ("data": the data set's path as the user gave it)."""
+    atomic_write_text(Path(run_dir) / SELECTION, json.dumps(record, indent=2))
+
+
+def read_selection(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """RUN_DIR/selection.json as written by `write_selection` (or edited by hand)."""
+    path = Path(run_dir) / SELECTION
+    require(run_dir, SELECTION, error=SelectionError)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise SelectionError(f"{path}: not a JSON file ({e})") from e
+    if not isinstance(record, dict):
+        raise SelectionError(f"{path}: not a selection file, expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in ("data", "split", "birds", "horses") if k not in record]
+    if missing:
+        raise SelectionError(f"{path}: not a selection file, it lacks {missing}")
+    if not isinstance(record["data"], str):
+        raise SelectionError(f"{path}: \"data\" should be the data set's path, got {record['data']!r}")
+    if record["split"] not in SPLITS:
+        raise SelectionError(f"{path}: \"split\" should be one of {', '.join(SPLITS)}, got {record['split']!r}")
+    for key in ("birds", "horses"):
+        ids = record[key].get("ids") if isinstance(record[key], dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise SelectionError(f"{path}: \"{key}\" should be {{\"ids\": [integer, ...]}}, got {json.dumps(record[key])[:80]}")
+    return record
+
+
+def selected_images(run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> tuple[ImageDataset, list[int], list[int]]:
+    """The data set split of RUN_DIR's selection with its (bird ids, horse ids), checked against it."""
+    record = read_selection(run_dir)
+    ds = load_dataset(record["data"], record["split"], cache_dir=cache_dir)
+    return ds, check_ids(ds, "bird", record["birds"]["ids"]), check_ids(ds, "horse", record["horses"]["ids"])
+
+
+# --- latents --------------------------------------------------------------------------------------
+
+
+def write_latents(run_dir: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, str]) -> None:
+    """Write RUN_DIR/latents.safetensors (layout in the module docstring)."""
+    atomic_write_bytes(Path(run_dir) / LATENTS, save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
+
+
+def read_latents(run_dir: str | os.PathLike) -> dict[str, Tensor]:
+    """RUN_DIR/latents.safetensors: indices [P, A, h, w], alphas [A], pairs [P, 2], with the codes
+    checked against the VQ-VAE's K when config.json tells it."""
+    run_dir = Path(run_dir)
+    path = run_dir / LATENTS
+    require(run_dir, LATENTS)
+    tensors, _ = load_tensors(path)
+    ind, al = tensors.get("indices"), tensors.get("alphas")
+    if ind is None or al is None or ind.dim() != 4 or al.shape != (ind.shape[1],):
+        raise CheckpointError(f"{path}: expected indices [P, A, h, w] and alphas [A], got {json.dumps({k: list(v.shape) for k, v in tensors.items()})}")
+    if ind.dtype != torch.int64:
+        raise CheckpointError(f"{path}: indices should be int64 code grids, got {ind.dtype}")
+    codes = _codes_if_known(run_dir)
+    if ind.numel() and (int(ind.min()) < 0 or (codes is not None and int(ind.max()) >= codes)):
+        bad = int(ind.min()) if int(ind.min()) < 0 else int(ind.max())
+        raise CheckpointError(f"{path}: holds code {bad}, outside the VQ-VAE's 0..{(codes or 1) - 1} (config.json)")
+    return tensors
+
+
+# --- prior ----------------------------------------------------------------------------------------
+
+
+def load_prior(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> GatedPixelCNN:
+    """The trained prior of RUN_DIR, in eval mode."""
+    run_dir = Path(run_dir)
+    require(run_dir, PRIOR_CONFIG, PRIOR_WEIGHTS)
+    fields = read_run_config(run_dir / PRIOR_CONFIG, "prior")["prior"]
+    try:
+        cfg = PixelCNNConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{run_dir / PRIOR_CONFIG}: cannot read the prior config ({e})") from e
+    prior = GatedPixelCNN(cfg)
+    load_weights(run_dir / PRIOR_WEIGHTS, prior, config=cfg.to_dict())
+    return prior.to(device).eval()
