@@ -73,17 +73,20 @@ def _run_dir(text: str) -> str:
     return text
 
 
-def _image_file(text: str) -> str:
-    from pegasus.images import IMAGE_FORMATS, image_format
+def _samples_out(text: str) -> str:
+    """Where samples go: an image grid (.png, .jpg, .jpeg, .webp), an .npz, or a directory (a name
+    without a suffix, or an existing directory)."""
+    from pegasus.images import IMAGE_FORMATS
+    from pegasus.sample import output_kind
 
-    if Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"expected an image file to write, got {text!r}, which is a directory")
     try:
-        image_format(text)
+        output_kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected an image file ending in {', '.join(IMAGE_FORMATS)}, got {text!r}"
+            f"expected an image grid ({', '.join(IMAGE_FORMATS)}), an .npz or a directory, got {text!r}"
         ) from None
+    if Path(text).exists() and not Path(text).is_dir() and output_kind(text) == "dir":
+        raise argparse.ArgumentTypeError(f"expected a directory, got {text!r}, which is a file")
     return text
 
 
@@ -129,6 +132,8 @@ def _shape(text: str) -> tuple[int, int, int]:
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.op == "sampler":
         return _bench_sampler(args)
+    if args.op == "train":
+        return _bench_train(args)
     from pegasus.bench import harness, nearest_code
 
     shapes = args.shape or (nearest_code.QUICK_SHAPES if args.quick else nearest_code.FULL_SHAPES)
@@ -149,6 +154,17 @@ def _bench_notes_and_json(args: argparse.Namespace, records: list, notes: list[s
             f.write(harness.to_json_lines(records))
         print(f"wrote {len(records)} records to {args.json}")
     return 0
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    from pegasus.bench import train
+
+    if args.shape:
+        raise ValueError("--shape is for nearest-code; the training bench times the default configurations")
+    records = train.run(steps=4 if args.quick else 10, device=args.device, progress=lambda line: print(line, file=sys.stderr))
+    print(train.header(args.device))
+    print(train.format_table(records))
+    return _bench_notes_and_json(args, records, [])
 
 
 def _bench_sampler(args: argparse.Namespace) -> int:
@@ -183,7 +199,7 @@ def _given(settings: dict) -> dict:
 
 def _train_settings(args: argparse.Namespace, *extra: str) -> dict:
     """The training-loop settings given on the command line (TrainConfig fields, plus `extra`)."""
-    names = ("steps", "batch_size", "lr", "seed", "checkpoint_every", *extra)
+    names = ("steps", "batch_size", "lr", "seed", "checkpoint_every", "precision", *extra)
     return _given({name: getattr(args, name) for name in names})
 
 
@@ -264,32 +280,29 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sample(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _sample(run: object, out: str, args: argparse.Namespace, say_where: bool) -> int:
+    from pegasus.sample import sample_to_file
 
-    from pegasus.rundir import SAMPLES
-    from pegasus.sample import sample_to_png
-
-    out = args.out or str(Path(args.run_dir) / SAMPLES)
-    summary = sample_to_png(
-        args.run_dir, out, n=args.n, alpha=args.alpha, temperature=args.temperature, top_k=args.top_k,
-        seed=args.seed, backend=args.backend, best_of=args.best_of,
+    summary = sample_to_file(
+        run, out, n=args.n, alpha=args.alpha, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+        backend=args.backend, best_of=args.best_of, batch_size=args.batch_size, progress=_is_rank0() and sys.stderr.isatty(),
     )
-    print(json.dumps(summary))
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
+    if say_where:
+        print(f"wrote {out}")
     return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from pegasus.rundir import SAMPLES
+
+    return _sample(args.run_dir, args.out or str(Path(args.run_dir) / SAMPLES), args, say_where=False)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from pegasus.pretrained import pretrained
-    from pegasus.sample import sample_to_png
 
-    summary = sample_to_png(
-        pretrained(), args.out, n=args.n, alpha=args.alpha, temperature=args.temperature, top_k=args.top_k,
-        seed=args.seed, backend=args.backend, best_of=args.best_of,
-    )
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()}))
-    print(f"wrote {args.out}")
-    return 0
+    return _sample(pretrained(), args.out, args, say_where=True)
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
@@ -298,12 +311,19 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from pegasus.pipeline import run_pipeline
 
     t0 = time.perf_counter()
-    done = run_pipeline(args.data, args.out, quick=args.quick, log=lambda m: print(f"pipeline: {m}", file=sys.stderr))
+    done = run_pipeline(args.data, args.out, quick=args.quick, precision=args.precision,
+                        log=lambda m: print(f"pipeline: {m}", file=sys.stderr))
     if not _is_rank0():
         return 0
     print(json.dumps({**done, "wall_s": round(time.perf_counter() - t0, 1)}))
     print(f"wrote {args.out}/pegasi.png")
     return 0
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="fp32, or bf16: the forward pass under bfloat16 autocast "
+                   "(quantiser, losses, EMA statistics and checkpoints stay float32). Default: bf16 where the CPU has "
+                   "avx512_bf16/amx_bf16 or the GPU supports it, else fp32; --resume may switch it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,10 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time every available backend of the op (nearest-code: each in a fresh process, which also gives "
         "its peak extra memory), print a table and optionally write one JSON record per (shape, backend).",
     )
-    p.add_argument("op", choices=["nearest-code", "sampler"], help="the op to benchmark")
+    p.add_argument("op", choices=["nearest-code", "sampler", "train"], help="what to benchmark (train: VQ-VAE and prior "
+                   "training steps in fp32 and bf16, beside the plain PyTorch VQ-VAE)")
     p.add_argument("--json", metavar="FILE", help="write the records here, one JSON object per line")
     p.add_argument("--quick", action="store_true", help="nearest-code: N=4096 and 36864 at K=512 only (default: N in 4096, 36864, "
-                   "262144; K in 512, 1024). sampler: 8x8 at batch 1 and 16 only (default: 8x8 and 24x24 at batch 1, 16, 64)")
+                   "262144; K in 512, 1024). sampler: 8x8 at batch 1 and 16 only (default: 8x8 and 24x24 at batch 1, 16, 64). train: 4 timed steps instead of 10")
     p.add_argument("--shape", type=_shape, action="append", metavar="NxKxD", help="benchmark this shape instead (repeatable)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
     p.add_argument("--min-run-time", type=_positive_float, default=1.0, metavar="S", help="seconds of timing per measurement (default 1)")
@@ -363,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=backends.NEAREST_CODE.names(), help="nearest-code backend (default: the fastest "
                    f"available; {backends.NEAREST_CODE.env} when set; see `pegasus info`)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    _add_precision(p)
     p.set_defaults(func=_cmd_train_vqvae)
 
     p = sub.add_parser(
@@ -416,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default 250)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda when present")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/prior_checkpoint.safetensors")
+    _add_precision(p)
     p.set_defaults(func=_cmd_train_prior)
 
     # The sampling options `sample` and `generate` share.
@@ -428,7 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--backend", choices=backends.SAMPLER.names(), help="sampler, same grids for the same seed: "
                           + "; ".join(f"{b.name}: {b.summary}" for b in backends.SAMPLER.backends)
                           + f". Default: the fastest available ({backends.SAMPLER.env} when set)")
-    sampling.add_argument("--best-of", type=_positive_int, metavar="M", help="sample M and keep the n whitest")
+    sampling.add_argument("--best-of", type=_positive_int, metavar="M", help="sample M and keep the n whitest (image grids only)")
+    sampling.add_argument("--batch-size", type=_positive_int, default=256, metavar="B",
+                          help="samples drawn at a time (default 256): memory grows with B, not with n; sample i "
+                          "is the same whatever B")
 
     p = sub.add_parser(
         "sample",
@@ -437,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample code grids from RUN_DIR's prior (Gumbel-max, raster order) and decode them with its VQ-VAE.",
     )
     p.add_argument("--run-dir", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory with vqvae.safetensors and prior.safetensors")
-    p.add_argument("--out", type=_image_file, help="image grid to write: .png, .jpg or .webp (default RUN_DIR/pegasi.png)")
+    p.add_argument("--out", type=_samples_out, help="an image grid (.png, .jpg, .webp; up to 1024 samples), an .npz "
+                   "(uint8 [N, H, W, 3] as arr_0) or a directory (one PNG per sample). Default RUN_DIR/pegasi.png")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
@@ -447,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample code grids from the pretrained prior shipped inside the package "
         "(pegasus.pretrained(): trained on CIFAR-10) and decode them to a PNG grid of 32x32 images.",
     )
-    p.add_argument("--out", type=_image_file, default="pegasi.png", help="image grid to write: .png, .jpg or .webp (default pegasi.png)")
+    p.add_argument("--out", type=_samples_out, default="pegasi.png", help="an image grid (.png, .jpg, .webp; up to 1024 "
+                   "samples), an .npz (uint8 [N, H, W, 3] as arr_0) or a directory (one PNG per sample). Default pegasi.png")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser(
@@ -459,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data set path (see `pegasus data`)")
     p.add_argument("--out", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--quick", action="store_true", help="tiny settings that finish in a few minutes on a CPU")
+    _add_precision(p)
     p.set_defaults(func=_cmd_pipeline)
     return parser
 

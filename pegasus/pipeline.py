@@ -57,11 +57,16 @@ def run_pipeline(
     progress: bool = True,
     log: Callable[[str], None] = lambda message: None,
     settings: dict[str, Any] | None = None,
+    precision: str | None = None,
 ) -> dict[str, str]:
     """Run every step that has not run yet into the run directory `out`; returns step -> "ran" or
-    "skipped". `settings` (same keys as QUICK) replaces the FULL or QUICK settings."""
+    "skipped". `settings` (same keys as QUICK) replaces the FULL or QUICK settings. precision:
+    "fp32" or "bf16" for both trainings (None: bf16 where supported, see pegasus.training)."""
     out = Path(out)
     cfg = settings if settings is not None else (QUICK if quick else FULL)
+    if precision is not None:
+        cfg = {**cfg, "vqvae_train": {**cfg["vqvae_train"], "precision": precision},
+               "prior_train": {**cfg["prior_train"], "precision": precision}}
     done: dict[str, str] = {}
     with distributed(device) as dist:
 

@@ -25,7 +25,7 @@ from pegasus.images import images_to_tensor, save_grid, save_loss_curves
 from pegasus.models.quantizer import code_perplexity
 from pegasus.models.vqvae import VQVAE, VQVAEConfig
 from pegasus.rundir import CHECKPOINT, CONFIG, LOSS_CURVES, METRICS, RECONSTRUCTIONS, VQVAE_EVAL, VQVAE_WEIGHTS
-from pegasus.training import TrainConfig, TrainingError, batch_indices, fit, global_slice, run_settings
+from pegasus.training import TrainConfig, TrainingError, batch_indices, fit, global_slice, resolve_precision, run_settings
 
 __all__ = ["TrainConfig", "TrainingError", "evaluate", "train_vqvae"]
 
@@ -131,6 +131,7 @@ def _train_vqvae(
     model_fields, train_fields = dist.on_main(
         lambda: run_settings(out, CONFIG, CHECKPOINT, "vqvae", model_over, train_over, resume, dist.world)
     )
+    train_fields["precision"] = resolve_precision(train_fields.get("precision"), device)
     model_cfg, train_cfg = VQVAEConfig(**model_fields), TrainConfig(**train_fields)
 
     with dist.node_first():  # one process per node decodes into the cache

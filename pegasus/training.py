@@ -34,19 +34,64 @@ class TrainingError(RuntimeError):
     """Training stopped: a non-finite loss, or a run directory that does not fit the request."""
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def bf16_supported(device: torch.device | str) -> tuple[bool, str]:
+    """(whether bfloat16 autocast is a lever on `device`, how that was decided).
+
+    CUDA: torch.cuda.is_bf16_supported(). CPU: the CPU flags in /proc/cpuinfo name AVX512_BF16 or
+    AMX_BF16 (native bfloat16 products; oneDNN uses them) and torch was built with oneDNN. Without
+    them bfloat16 would be emulated and slower than float32, so such CPUs default to fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return ok, f"torch.cuda.is_bf16_supported() is {ok}"
+    if device.type != "cpu":
+        return False, f"no bfloat16 autocast rule for {device.type}"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False, "/proc/cpuinfo is unreadable, so the CPU's bfloat16 support is unknown"
+    native = sorted({"avx512_bf16", "amx_bf16"} & set(flags))
+    if not native:
+        return False, "the CPU has neither avx512_bf16 nor amx_bf16 (/proc/cpuinfo)"
+    if not torch.backends.mkldnn.is_available():
+        return False, "torch was built without oneDNN"
+    return True, f"the CPU has {' and '.join(native)} (/proc/cpuinfo)"
+
+
+def resolve_precision(precision: str | None, device: torch.device | str) -> str:
+    """"fp32" or "bf16": the one asked for, else bf16 where `bf16_supported`, else fp32."""
+    if precision is None:
+        return "bf16" if bf16_supported(device)[0] else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision should be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 @dataclass
 class TrainConfig:
+    """precision: "fp32", or "bf16" (the forward pass under bfloat16 autocast; the quantiser, the
+    losses, the EMA statistics, the weights and the checkpoints stay float32); None: resolved by
+    `resolve_precision` when training starts."""
+
     steps: int = 2000
     batch_size: int = 256
     lr: float = 1e-3
     seed: int = 0
     checkpoint_every: int = 250
     log_every: int = 10
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name != "seed" and not v > 0:
+            if f.name == "precision":
+                if v is not None and v not in PRECISIONS:
+                    raise ValueError(f"precision should be one of {', '.join(PRECISIONS)}, got {v!r}")
+            elif f.name != "seed" and not v > 0:
                 raise ValueError(f"{f.name.replace('_', '-')} should be > 0, got {v}")
 
 
@@ -88,9 +133,11 @@ def run_settings(
             )
         saved_train["batch_size"] = per_step // world
     clash = {k: (saved_model[k], v) for k, v in model_over.items() if saved_model.get(k) != v}
-    clash.update({k: (saved_train[k], v) for k, v in train_over.items() if k != "steps" and saved_train.get(k) != v})
+    # Resume may train longer, and switch precision (the weights and optimizer state are float32 either way).
+    changeable = ("steps", "precision")
+    clash.update({k: (saved_train.get(k), v) for k, v in train_over.items() if k not in changeable and saved_train.get(k) != v})
     if clash:
-        raise TrainingError(f"--resume can only change --steps; these differ from {cfg_path} (saved, asked): {clash}")
+        raise TrainingError(f"--resume can only change --steps and --precision; these differ from {cfg_path} (saved, asked): {clash}")
     return saved_model, {**saved_train, **train_over}
 
 
@@ -163,13 +210,18 @@ def fit(
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
         # What a writer killed mid-write left behind (the files themselves are intact).
         remove_stale_temps(checkpoint_path.parent, [checkpoint_path.name, previous_path(checkpoint_path).name, metrics_path.name])
+    def autocast() -> Any:
+        bf16 = cfg.precision == "bf16"
+        return torch.autocast(dist.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, unit="step", disable=not (progress and dist.main), dynamic_ncols=True)
     last_ckpt = step if resumed else None
     with metrics_path.open("a") if dist.main else nullcontext() as metrics_file:
         while step < cfg.steps:
             t0 = time.perf_counter()
-            parts, items = step_loss(step)
+            with autocast():
+                parts, items = step_loss(step)
             # Means over the ranks: every rank takes the same decision on a non-finite loss.
             values = dist.mean(torch.stack([v.detach().float() for v in parts.values()]))
             logged = dict(zip(parts, values))

@@ -326,7 +326,7 @@ CASES: dict[str, tuple[Case, int]] = {
 
 # How argparse names an option in its messages, where that is not the flag itself.
 ARGUMENT = {"-n": "-n/--num-samples", "--num-samples": "-n/--num-samples"}
-IMAGE_SUFFIXES = "expected an image file ending in .png, .jpg, .jpeg, .webp"
+IMAGE_SUFFIXES = "expected an image grid (.png, .jpg, .jpeg, .webp), an .npz or a directory"
 
 # (argv with {run}, {folder}, {file} and {tmp} filled in, texts): argparse refuses them, status 2.
 BAD_ARGUMENTS = [
@@ -344,13 +344,13 @@ BAD_ARGUMENTS = [
     *[(["sample", "--run-dir", "{run}", flag, value], [f"argument {ARGUMENT.get(flag, flag)}", value]) for flag, value in [
         ("-n", "-1"), ("--num-samples", "0"), ("--alpha", "x"), ("--temperature", "0"), ("--temperature", "-1"),
         ("--temperature", "inf"), ("--top-k", "0"), ("--best-of", "0"), ("--seed", "-1"), ("--backend", "gpu")]],
-    (["sample", "--run-dir", "{run}", "--out", "{tmp}"], ["argument --out", "which is a directory"]),
+    (["sample", "--run-dir", "{run}", "--out", "{file}"], ["argument --out", "expected a directory", "which is a file"]),
     (["sample", "--run-dir", "{run}", "--out", "{tmp}/pegasi.gif"], ["argument --out", IMAGE_SUFFIXES, "pegasi.gif"]),
-    (["sample", "--run-dir", "{run}", "--out", "{tmp}/pegasi"], ["argument --out", IMAGE_SUFFIXES]),
+    (["sample", "--run-dir", "{run}", "--out", "{tmp}/pegasi.tar"], ["argument --out", IMAGE_SUFFIXES]),
     (["sample", "--run-dir", "{file}"], ["argument --run-dir", "which is a file"]),
     *[(["generate", "--out", "{tmp}/g.png", flag, value], [f"argument {ARGUMENT.get(flag, flag)}", value]) for flag, value in [
         ("-n", "-1"), ("--temperature", "0"), ("--top-k", "-2")]],
-    (["generate", "--out", "{tmp}"], ["argument --out", "which is a directory"]),
+    (["generate", "--out", "{file}"], ["argument --out", "expected a directory", "which is a file"]),
     (["generate", "--out", "{tmp}/g.bmp"], ["argument --out", IMAGE_SUFFIXES, "g.bmp"]),
     (["pipeline", "--data", "{folder}", "--out", "{file}"], ["argument --out", "which is a file"]),
     ([], ["the following arguments are required: COMMAND"]),

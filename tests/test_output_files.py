@@ -47,24 +47,30 @@ def test_generate_writes_the_format_its_suffix_names(tmp_path, suffix, fmt):
     assert stat.S_IMODE(out.stat().st_mode) == 0o644  # readable by others, as a plain open() would make it
 
 
-@pytest.mark.parametrize("name", ["pegasi.bmp", "pegasi", "pegasi.png.gz"])
+@pytest.mark.parametrize("name", ["pegasi.bmp", "pegasi.png.gz", "pegasi.tar"])
 def test_an_unknown_suffix_is_refused_in_one_line(tmp_path, capsys, name):
     with pytest.raises(SystemExit) as e:
         main(["generate", "-n", "2", "--out", str(tmp_path / name)])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "argument --out: expected an image file ending in .png, .jpg, .jpeg, .webp" in err[0]
+    assert len(err) == 1 and "argument --out: expected an image grid (.png, .jpg, .jpeg, .webp), an .npz or a directory" in err[0]
     assert not (tmp_path / name).exists()
 
 
 @needs_ext
 def test_a_sample_count_that_cannot_fit_says_what_would(capsys):
+    """Issue 12: `generate --n 100000000` printed the allocator's "tried to allocate 26214400000000
+    bytes". An image grid of that many is refused up front; sampling them at once from Python says
+    how many would fit; in batches (issue 14) they can go to a directory or an .npz."""
     assert main(["generate", "-n", "100000000", "--out", "never.png"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1
-    assert err[0].startswith("pegasus: error: n=100000000 samples would need ")
-    assert "GiB is available on cpu: at most " in err[0] and "tried to allocate" not in err[0]
+    assert err == ["pegasus: error: an image grid holds at most 1024 samples, asked for 100000000; write a directory "
+                   "(--out DIR) or an .npz (--out FILE.npz) instead"]
     assert not Path("never.png").exists()
+    from pegasus import pretrained
+
+    with pytest.raises(MemoryError, match=r"n=100000000 samples would need .* GiB is available on cpu: at most \d+ fit now"):
+        pretrained().sample_indices(100_000_000)
 
 
 def _strings(value):

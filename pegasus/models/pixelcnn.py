@@ -152,6 +152,9 @@ class GatedPixelCNN(nn.Module):
             GatedLayer(c, self.cfg.kernel, "A" if i == 0 else "B") for i in range(self.cfg.layers)
         )
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, self.cfg.codes, 1))
+        self._pack_generation = 0
+        self._packed: tuple[tuple, list[Tensor]] | None = None
+        self._params: list[nn.Parameter] | None = None
 
     def embed(self, indices: Tensor) -> Tensor:
         """Code grids Tensor[B, H, W] int64 -> Tensor[B, C, H, W]."""
@@ -181,10 +184,38 @@ class GatedPixelCNN(nn.Module):
     def forward(self, indices: Tensor, alpha: Tensor | None = None) -> Tensor:
         return self.forward_embedded(self.embed(indices), alpha)
 
+    def weights_key(self) -> tuple:
+        """Changes whenever the parameters may have: any in-place write (optimizer steps,
+        load_state_dict, `p.mul_()`: each bumps the tensor's version counter), new storage
+        (`.to()`, `p.data = ...`: a new data pointer) or `invalidate_packed()`. Two writes are not
+        seen, so call `invalidate_packed()` after them: writes through `p.data` (which do not bump
+        the version counter) and replacing a Parameter object (`layer.weight = nn.Parameter(...)`).
+        ~40 us for the default prior: the parameter list is gathered once (walking the module tree
+        took 0.46 ms)."""
+        if self._params is None:
+            self._params = list(self.parameters())
+        return (self._pack_generation, *((p._version, p.data_ptr()) for p in self._params))
+
+    def invalidate_packed(self) -> None:
+        """Forget the cached packed weights (and anything keyed on `weights_key`)."""
+        self._pack_generation += 1
+        self._packed = None
+        self._params = None
+
     @torch.no_grad()
     def pack_for_sampling(self) -> list[Tensor]:
-        """The weights the sampling ops read, packed once: the list that pegasus/packed_prior.py
-        describes (1 + 7 * layers + 4 contiguous tensors in the prior's dtype and device)."""
+        """The weights the sampling ops read: the list that pegasus/packed_prior.py describes
+        (1 + 7 * layers + 4 contiguous tensors in the prior's dtype and device). Packed once and
+        reused while `weights_key()` stays the same (packing the default prior took ~1.1 ms, a
+        seventh of an 8x8 sample of batch 1); treat the list as read-only."""
+        key = self.weights_key()
+        if self._packed is not None and self._packed[0] == key:
+            return self._packed[1]
+        packed = self._pack()
+        self._packed = (key, packed)
+        return packed
+
+    def _pack(self) -> list[Tensor]:
         c, k, h = self.cfg.channels, self.cfg.kernel, self.cfg.kernel // 2
         packed = [self.embedding.weight]
         for layer in self.layers:
