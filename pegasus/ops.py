@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from pegasus import _extension, backends, reference
+from pegasus import _extension, backends, packed_prior, reference
 
 __all__ = ["nearest_code", "sample_loop", "sample_position", "sample_row"]
 
@@ -108,14 +108,19 @@ def nearest_code(z: Tensor, codebook: Tensor, backend: str | None = None) -> tup
     return reference.settle_overflow_rows(z, codebook, *_kernel(backends.NEAREST_CODE, name, "nearest_code", z.device)(z, codebook))
 
 
-def _kernel(family: backends.Family, name: str, op: str, device: torch.device):
-    """The function that runs `op` on `name` (resolved, not "reference"): the dispatcher's op, or,
-    for Triton on CPU tensors (only under TRITON_INTERPRET=1, which `resolve` checked), the launcher
-    of the backend's kernel module, since the dispatcher would give CPU tensors the C++ kernel."""
+def _launcher(family: backends.Family, name: str, op: str, device: torch.device):
+    """For Triton on CPU tensors (only under TRITON_INTERPRET=1, which `resolve` checked), the
+    launcher of `op` in the backend's kernel module, called directly since the dispatcher would
+    give CPU tensors the C++ kernel; None where the dispatcher picks the kernel."""
     module = family.get(name).module
     if device.type == "cpu" and module is not None:
         return getattr(importlib.import_module(module), op)
-    return getattr(torch.ops.pegasus, op)
+    return None
+
+
+def _kernel(family: backends.Family, name: str, op: str, device: torch.device):
+    """The function that runs `op` on backend `name` (resolved, not "reference")."""
+    return _launcher(family, name, op, device) or getattr(torch.ops.pegasus, op)
 
 
 def _step_backend(backend: str | None, device: torch.device, dtype: torch.dtype) -> str:
@@ -149,8 +154,6 @@ def sample_position(
 
 def _check_sample_loop_inputs(weights: list[Tensor], cond: Tensor, noise: Tensor, temperature: float) -> None:
     """The checks the C++ loop makes (csrc/sample_loop.cpp), made here for every backend."""
-    from pegasus import packed_prior
-
     layers = packed_prior.num_layers(weights)
     like = weights[0]
     codes, channels = like.shape
@@ -179,10 +182,10 @@ def sample_loop(
     name = _step_backend(backend, noise.device, weights[0].dtype)
     if name == "reference":
         return reference.sample_loop(weights, cond, noise, temperature, top_k, return_logits)
-    module = backends.SAMPLER.get(name).module
-    if noise.device.type == "cpu" and module is not None:
-        kernels = importlib.import_module(module)
+    row_step = _launcher(backends.SAMPLER, name, "sample_row", noise.device)
+    if row_step is not None:
+        position_step = _launcher(backends.SAMPLER, name, "sample_position", noise.device)
         return reference.sample_loop(
-            weights, cond, noise, temperature, top_k, return_logits, row_step=kernels.sample_row, position_step=kernels.sample_position
+            weights, cond, noise, temperature, top_k, return_logits, row_step=row_step, position_step=position_step
         )
     return torch.ops.pegasus.sample_loop(weights, cond, noise, temperature, top_k, return_logits)

@@ -32,7 +32,7 @@ from pegasus.rundir import (
     VQVAE_EVAL,
     VQVAE_WEIGHTS,
 )
-from pegasus.sample import sample_to_png
+from pegasus.sample import sample_to_file
 from pegasus.select import select_white, write_selection
 from pegasus.train_prior import train_prior
 from pegasus.train_vqvae import train_vqvae
@@ -97,5 +97,5 @@ def run_pipeline(
         step("train-prior", [PRIOR_WEIGHTS, PRIOR_EVAL], lambda: train_prior(
             out, prior_cfg=cfg["prior"], train_cfg=cfg["prior_train"], device=dist.device,
             resume=dist.on_main(lambda: has_checkpoint(out / PRIOR_CHECKPOINT)), progress=progress), every_rank=True)
-        step("sample", [SAMPLES], lambda: sample_to_png(out, out / SAMPLES, n=cfg["samples"], device=dist.device))
+        step("sample", [SAMPLES], lambda: sample_to_file(out, out / SAMPLES, n=cfg["samples"], device=dist.device))
     return done

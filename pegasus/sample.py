@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 import time
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import zipfile
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -201,16 +200,3 @@ def _write_npz(batches: Iterator[Tensor], n: int, out: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def sample_to_png(
-    run_dir: str | os.PathLike | Run,
-    out: str | os.PathLike,
-    n: int = 64,
-    alpha: float = 0.5,
-    **options: Any,
-) -> dict[str, Any]:
-    """`sample_to_file` for an image grid (the pipeline's pegasi.png)."""
-    if output_kind(out) != "grid":
-        raise ValueError(f"{out}: expected an image file (.png, .jpg, .jpeg, .webp)")
-    return sample_to_file(run_dir, out, n, alpha, **options)

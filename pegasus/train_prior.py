@@ -39,7 +39,7 @@ from pegasus.rundir import (
     read_latents,
     vqvae_config,
 )
-from pegasus.training import TrainConfig, TrainingError, batch_indices, fit, global_slice, resolve_precision, run_settings
+from pegasus.training import TrainConfig, TrainingError, batch_indices, fit, global_slice, run_settings
 
 
 @dataclass
@@ -144,10 +144,10 @@ def _train_prior(
     model_over = prior_cfg.to_dict() if isinstance(prior_cfg, PixelCNNConfig) else dict(prior_cfg or {})
     train_over = dict(train_cfg.__dict__) if isinstance(train_cfg, PriorTrainConfig) else dict(train_cfg or {})
     model_fields, train_fields = dist.on_main(
-        lambda: run_settings(out, PRIOR_CONFIG, PRIOR_CHECKPOINT, "prior", model_over, train_over, resume, dist.world)
+        lambda: run_settings(out, PRIOR_CONFIG, PRIOR_CHECKPOINT, "prior", model_over, train_over, resume, dist.world, device)
     )
     cfg = PixelCNNConfig(**{**model_fields, "codes": codes, "grid": grid})
-    tcfg = PriorTrainConfig(**{**train_fields, "precision": resolve_precision(train_fields.get("precision"), device)})
+    tcfg = PriorTrainConfig(**train_fields)
     data = split_latents(latents, tcfg.held_out, tcfg.seed)
     info = {"pairs": int(latents["indices"].shape[0]), "alphas": [round(a, 6) for a in latents["alphas"].tolist()],
             "train_grids": len(data.train), "heldout_grids": len(data.held)}

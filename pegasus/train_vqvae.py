@@ -25,7 +25,7 @@ from pegasus.images import images_to_tensor, save_grid, save_loss_curves
 from pegasus.models.quantizer import code_perplexity
 from pegasus.models.vqvae import VQVAE, VQVAEConfig
 from pegasus.rundir import CHECKPOINT, CONFIG, LOSS_CURVES, METRICS, RECONSTRUCTIONS, VQVAE_EVAL, VQVAE_WEIGHTS
-from pegasus.training import TrainConfig, TrainingError, batch_indices, fit, global_slice, resolve_precision, run_settings
+from pegasus.training import TrainConfig, TrainingError, batch_indices, fit, global_slice, run_settings
 
 __all__ = ["TrainConfig", "TrainingError", "evaluate", "train_vqvae"]
 
@@ -129,9 +129,8 @@ def _train_vqvae(
     model_over = model_cfg.to_dict() if isinstance(model_cfg, VQVAEConfig) else dict(model_cfg or {})
     train_over = dict(train_cfg.__dict__) if isinstance(train_cfg, TrainConfig) else dict(train_cfg or {})
     model_fields, train_fields = dist.on_main(
-        lambda: run_settings(out, CONFIG, CHECKPOINT, "vqvae", model_over, train_over, resume, dist.world)
+        lambda: run_settings(out, CONFIG, CHECKPOINT, "vqvae", model_over, train_over, resume, dist.world, device)
     )
-    train_fields["precision"] = resolve_precision(train_fields.get("precision"), device)
     model_cfg, train_cfg = VQVAEConfig(**model_fields), TrainConfig(**train_fields)
 
     with dist.node_first():  # one process per node decodes into the cache

@@ -104,13 +104,15 @@ def run_settings(
     train_over: dict[str, Any],
     resume: bool,
     world: int = 1,
+    device: torch.device | str = "cpu",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model fields, train fields) to build a run's configs from.
 
     Fresh run: the fields asked for; `out` must not hold `checkpoint_name` yet. Resume: the fields
     saved under `model_key` and "train" in `out/config_name`; the asked ones must agree with them,
-    except `steps` (to train longer), which wins. `batch_size` is per process: resumed by `world`
-    processes instead of the saved "world_size", it is rescaled to keep the batch of a step.
+    except `steps` (to train longer) and `precision`, which win. `batch_size` is per process:
+    resumed by `world` processes instead of the saved "world_size", it is rescaled to keep the
+    batch of a step. The precision comes out resolved for `device` (`resolve_precision`).
     """
     ckpt_path, cfg_path = out / checkpoint_name, out / config_name
     if not resume:
@@ -118,7 +120,7 @@ def run_settings(
             raise TrainingError(
                 f"{out} already holds a run ({checkpoint_name}); pass --resume to continue it or choose another --out"
             )
-        return model_over, train_over
+        return model_over, _with_precision(train_over, device)
     if not has_checkpoint(ckpt_path) or not cfg_path.exists():
         raise TrainingError(f"--resume: {out} holds no {checkpoint_name} and {config_name} to resume from")
     saved = read_run_config(cfg_path, model_key)
@@ -138,7 +140,11 @@ def run_settings(
     clash.update({k: (saved_train.get(k), v) for k, v in train_over.items() if k not in changeable and saved_train.get(k) != v})
     if clash:
         raise TrainingError(f"--resume can only change --steps and --precision; these differ from {cfg_path} (saved, asked): {clash}")
-    return saved_model, {**saved_train, **train_over}
+    return saved_model, _with_precision({**saved_train, **train_over}, device)
+
+
+def _with_precision(train: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    return {**train, "precision": resolve_precision(train.get("precision"), device)}
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:

@@ -199,8 +199,10 @@ def test_logits_and_grids_float32(backend, kernel, layers, conditional):
     ],
 )
 def test_steps_match_reference_ops(channels, codes, batch, dtype, atol):
-    """The C++ step kernels (and the register-blocked GEMMs inside them, csrc/cpu/small_gemm*) leave
-    the same state as the reference step ops, position by position."""
+    """The C++ step kernels (and the register-blocked GEMMs inside them: csrc/cpu/small_gemm.cpp
+    dispatches to csrc/cpu/small_gemm_avx2.cpp on CPUs with AVX2+FMA, as on the machines this runs
+    on, else to the portable build) leave the same state as the reference step ops, position by
+    position."""
     torch.manual_seed(channels + batch)
     prior = GatedPixelCNN(codes=codes, channels=channels, layers=3, kernel=5).to(dtype).eval()
     with torch.no_grad():

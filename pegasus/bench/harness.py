@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["device_name", "median_s", "peak_bytes", "to_json_lines"]
+__all__ = ["device_name", "median_s", "peak_bytes", "ratio", "to_json_lines"]
 
 
 def _status_kib(field: str) -> int:
@@ -66,3 +66,8 @@ def device_name(device: str) -> str:
 def to_json_lines(records: Sequence[Any]) -> str:
     """One JSON object per line, the fields of each record (a dataclass)."""
     return "".join(json.dumps(asdict(r)) + "\n" for r in records)
+
+
+def ratio(x: float | None, digits: int = 1) -> str:
+    """A speedup for a table cell: "2.2x", or "" where there is none."""
+    return "" if x is None else f"{x:.{digits}f}x"

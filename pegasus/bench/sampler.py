@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pegasus.bench.harness import device_name
+from pegasus.bench.harness import device_name, ratio
 
 __all__ = ["FULL_CASES", "QUICK_CASES", "Record", "available_backends", "format_table", "run"]
 
@@ -140,9 +140,6 @@ def run(
 
 def format_table(records: Sequence[Record]) -> str:
     """Markdown table: grid | batch | backend | median ms | samples/s | speedups."""
-
-    def ratio(x: float | None) -> str:
-        return "" if x is None else f"{x:.1f}x"
 
     lines = [
         "| grid | batch | backend | median ms | samples/s | vs naive | vs reference |",

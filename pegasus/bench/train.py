@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pegasus.bench.harness import device_name
+from pegasus.bench.harness import device_name, ratio
 
 __all__ = ["PlainQuantizer", "PlainVQVAE", "Record", "format_table", "run"]
 
@@ -178,9 +178,6 @@ def run(
 
 
 def format_table(records: Sequence[Record]) -> str:
-    def ratio(x: float | None) -> str:
-        return "" if x is None else f"{x:.2f}x"
-
     lines = [
         "| step | model | precision | batch | median ms | items/s | vs plain fp32 | vs pegasus fp32 |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -189,7 +186,7 @@ def format_table(records: Sequence[Record]) -> str:
         unit = "images" if r.op == "vqvae" else "grids"
         lines.append(
             f"| {r.op} | {r.model} | {r.precision} | {r.batch} | {r.median_s * 1e3:.0f} | {r.items_per_s:.0f} {unit} | "
-            f"{ratio(r.speedup_vs_plain_fp32)} | {ratio(r.speedup_vs_fp32)} |"
+            f"{ratio(r.speedup_vs_plain_fp32, 2)} | {ratio(r.speedup_vs_fp32, 2)} |"
         )
     return "\n".join(lines)
 
