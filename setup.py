@@ -33,7 +33,7 @@ setup(
     packages=find_packages(include=["pegasus", "pegasus.*"]) + ["pegasus.kernels"],
     package_dir={"pegasus.kernels": "kernels"},
     # The pretrained run (pegasus.pretrained(), `pegasus generate`): ~5 MB of float16 safetensors.
-    package_data={"pegasus": ["weights/*.safetensors", "weights/*.json"]},
+    package_data={"pegasus": ["weights/*.safetensors", "weights/*.json", "weights/aux/*.safetensors", "weights/aux/*.json"]},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.10",

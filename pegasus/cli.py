@@ -66,6 +66,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
+    return value
+
+
 def _run_dir(text: str) -> str:
     """A run directory: it may not exist yet, but it may not be a file."""
     if Path(text).exists() and not Path(text).is_dir():
@@ -220,7 +230,7 @@ def _cmd_train_vqvae(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         model_cfg=_given(model),
-        train_cfg=_train_settings(args),
+        train_cfg=_train_settings(args, "perceptual", "perceptual_net", "init"),
         device=_device(args.device),
         resume=args.resume,
         backend=args.backend,
@@ -237,16 +247,24 @@ def _cmd_select(args: argparse.Namespace) -> int:
     from pegasus.select import read_ids, select_white, write_selection
 
     ds = load_dataset(args.data, args.split)
+    classifier = None
+    if args.recognisable or args.classifier:
+        from pegasus.pretrained import AUX_CLASSIFIER_DIR
+        from pegasus.rundir import load_classifier
+
+        classifier = load_classifier(args.classifier or AUX_CLASSIFIER_DIR)
     picks = select_white(
         ds,
         birds=args.birds,
         horses=args.horses,
         bird_ids=read_ids(args.bird_ids) if args.bird_ids else None,
         horse_ids=read_ids(args.horse_ids) if args.horse_ids else None,
+        classifier=classifier,
     )
     write_selection(args.run_dir, ds, args.split, picks)
     for sel in picks:
-        print(f"{sel.name}s: {len(sel.ids)} picks, whiteness {min(sel.scores):.3f} .. {max(sel.scores):.3f}")
+        sure = f", P({sel.name}) {min(sel.confidence):.2f} .. {max(sel.confidence):.2f}" if sel.confidence else ""
+        print(f"{sel.name}s: {len(sel.ids)} picks, whiteness {min(sel.scores):.3f} .. {max(sel.scores):.3f}{sure}")
     print(f"wrote {args.run_dir}/: selection.json selection.png")
     return 0
 
@@ -254,9 +272,10 @@ def _cmd_select(args: argparse.Namespace) -> int:
 def _cmd_interpolate(args: argparse.Namespace) -> int:
     from pegasus.interpolate import DEFAULT_ALPHAS, interpolate
 
-    summary = interpolate(args.run_dir, pairs=args.pairs, alphas=args.alphas or DEFAULT_ALPHAS, seed=args.seed, mirror=args.mirror)
+    summary = interpolate(args.run_dir, pairs=args.pairs, alphas=args.alphas or DEFAULT_ALPHAS, seed=args.seed, mirror=args.mirror,
+                          mode=args.mode, data=args.data, class_grids=args.class_grids)
     print(json.dumps(summary))
-    print(f"wrote {args.run_dir}/: latents.safetensors interpolation.png")
+    print(f"wrote {args.run_dir}/: latents.safetensors interpolation.png{' class_latents.safetensors' if args.class_grids else ''}")
     return 0
 
 
@@ -269,7 +288,7 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
     summary = train_prior(
         args.run_dir,
         prior_cfg=_given(prior),
-        train_cfg=_train_settings(args, "held_out"),
+        train_cfg=_train_settings(args, "held_out", "pretrain_steps"),
         device=_device(args.device),
         resume=args.resume,
     )
@@ -277,6 +296,37 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
         return 0
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.run_dir}/: prior.safetensors prior_config.json prior_eval.json prior_metrics.jsonl prior_loss_curves.png")
+    return 0
+
+
+def _cmd_train_classifier(args: argparse.Namespace) -> int:
+    from pegasus.train_classifier import train_classifier
+
+    summary = train_classifier(
+        args.data, args.out, epochs=args.epochs, train_cfg=_given({"batch_size": args.batch_size, "seed": args.seed, "precision": args.precision}),
+        device=_device(args.device), resume=args.resume,
+    )
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}/: classifier.safetensors classifier.json classifier_eval.json classifier_metrics.jsonl classifier_loss_curves.png")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pegasus.evaluate import evaluate_run, format_report
+    from pegasus.pretrained import WEIGHTS_DIR
+
+    run_dir = args.run_dir or WEIGHTS_DIR
+    out = args.out or (args.run_dir if args.run_dir else "pegasus-evaluation")
+    report = evaluate_run(
+        run_dir, classifier=args.classifier, n=args.n, data=args.data, out=out, seed=args.seed, temperature=args.temperature,
+        top_k=args.top_k, backend=args.backend, test_images=args.test_images, device=_device(args.device),
+        progress=sys.stderr.isatty(),
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+        print(f"wrote {out}/: evaluation.json evaluation.png evaluation_samples.png")
     return 0
 
 
@@ -383,6 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda when present")
     p.add_argument("--backend", choices=backends.NEAREST_CODE.names(), help="nearest-code backend (default: the fastest "
                    f"available; {backends.NEAREST_CODE.env} when set; see `pegasus info`)")
+    p.add_argument("--perceptual", type=_non_negative_float, metavar="W", help="add W x the perceptual distance between "
+                   "reconstructions and originals (a classifier's activations, LPIPS-style) to the loss (default 0: MSE only)")
+    p.add_argument("--perceptual-net", metavar="DIR", help="the classifier of --perceptual (a train-classifier directory; "
+                   "default: the one shipped for it, not the one `pegasus evaluate` scores with)")
+    p.add_argument("--init", type=_run_dir, metavar="RUN_DIR", help="start from this run's VQ-VAE weights (same settings) instead of from scratch")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
     _add_precision(p)
     p.set_defaults(func=_cmd_train_vqvae)
@@ -402,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horses", type=_positive_int, help="number of horses to keep (default 32)")
     p.add_argument("--bird-ids", metavar="FILE", help="use these bird ids (integers, whitespace/comma separated) instead")
     p.add_argument("--horse-ids", metavar="FILE", help="use these horse ids instead")
+    p.add_argument("--recognisable", action="store_true", help="of the 4x as many whitest, keep those a classifier is "
+                   "surest are birds (horses): white and recognisable")
+    p.add_argument("--classifier", metavar="DIR", help="the classifier of --recognisable (implies it; default: the auxiliary "
+                   "one shipped with pegasus, not the one `pegasus evaluate` scores with)")
     p.set_defaults(func=_cmd_select)
 
     p = sub.add_parser(
@@ -416,6 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alphas", type=float, nargs="+", help="interpolation weights in [0, 1] (default 0 0.1 ... 1)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the pair sample (default 0)")
     p.add_argument("--mirror", action="store_true", help="also interpolate every pair mirrored left to right (twice the grids)")
+    p.add_argument("--mode", choices=["linear", "slerp", "regions"], default="linear", help="linear: mix every position "
+                   "(default); slerp: turn each position's vector along the great circle, keeping its length; regions: "
+                   "the alpha share of positions, in smooth random blobs, from the horse, the rest from the bird")
+    p.add_argument("--class-grids", action="store_true", help="also encode every bird and horse of the split (and mirrors) "
+                   "into class_latents.safetensors, for train-prior --pretrain-steps")
+    p.add_argument("--data", help="the data set, if not at the path recorded in RUN_DIR/selection.json")
     p.set_defaults(func=_cmd_interpolate)
 
     p = sub.add_parser(
@@ -434,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", type=_positive_int, help="odd kernel size (default 5)")
     p.add_argument("--unconditional", action="store_true", help="ignore alpha: an unconditional prior")
     p.add_argument("--held-out", type=_positive_float, help="share of the pairs held out for evaluation (default 0.1)")
+    p.add_argument("--pretrain-steps", type=_non_negative_int, help="train the first N of --steps on every bird and horse of "
+                   "the data set (RUN_DIR/class_latents.safetensors, `interpolate --class-grids`), then on the picks' "
+                   "interpolations (default 0)")
     p.add_argument("--seed", type=_seed, help="seed of initialisation, split and batch order (default 0)")
     p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default 250)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda when present")
@@ -441,7 +509,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision(p)
     p.set_defaults(func=_cmd_train_prior)
 
-    # The sampling options `sample` and `generate` share.
+    p = sub.add_parser(
+        "train-classifier",
+        parents=[common],
+        help="train the small classifier that `pegasus evaluate` scores pictures with",
+        description="Train pegasus.models.classifier on the train split (about 5 minutes for CIFAR-10 on 2 CPU cores "
+        "in bf16) and test it on the test split. One is shipped with pegasus (CIFAR-10); train your own for another "
+        "data set.",
+    )
+    p.add_argument("--data", required=True, help="data set path (see `pegasus data`)")
+    p.add_argument("--out", required=True, type=_run_dir, metavar="DIR", help="directory to write")
+    p.add_argument("--epochs", type=_positive_float, help="passes over the train split (default: 782 steps, 8 epochs of CIFAR-10)")
+    p.add_argument("--batch-size", type=_positive_int, help="images per step (default 512)")
+    p.add_argument("--seed", type=_seed, help="seed of initialisation, batch order and augmentation (default 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda when present")
+    p.add_argument("--resume", action="store_true", help="continue DIR from its last checkpoint")
+    _add_precision(p)
+    p.set_defaults(func=_cmd_train_classifier)
+
+    # The sampling options `sample`, `generate` and `evaluate` share.
     sampling = argparse.ArgumentParser(add_help=False)
     sampling.add_argument("-n", "--num-samples", dest="n", type=_positive_int, default=64, help="images to write (default 64)")
     sampling.add_argument("--alpha", type=float, default=0.5, help="0 = bird, 1 = horse (default 0.5)")
@@ -477,6 +563,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_samples_out, default="pegasi.png", help="an image grid (.png, .jpg, .webp; up to 1024 "
                    "samples), an .npz (uint8 [N, H, W, 3] as arr_0) or a directory (one PNG per sample). Default pegasi.png")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="how much of the birds and horses each stage keeps, scored by a classifier; a table, JSON, a plot",
+        description="Score the picks, their reconstructions, interpolations and the prior's samples at alphas 0, 0.25, "
+        "0.5, 0.75, 1 with a classifier: P(bird), P(horse), whiteness, diversity and a Frechet distance in the "
+        "classifier's features (the FID formula, not Inception FID); and the test accuracy on reconstructions.",
+    )
+    p.add_argument("--run-dir", type=_run_dir, metavar="RUN_DIR", help="run directory (default: the run shipped with pegasus)")
+    p.add_argument("-n", "--num-samples", dest="n", type=_int_at_least(2, "an integer >= 2"), default=256,
+                   help="samples and interpolated pairs per alpha (default 256)")
+    p.add_argument("--classifier", metavar="DIR", help="a `pegasus train-classifier` directory (default: the shipped CIFAR-10 one)")
+    p.add_argument("--data", help="the data set, if not at the path recorded in RUN_DIR/selection.json")
+    p.add_argument("--out", type=_run_dir, metavar="DIR", help="where to write the report (default RUN_DIR; ./pegasus-evaluation for the shipped run)")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the samples and the pair sample (default 0)")
+    p.add_argument("--temperature", type=_positive_float, default=1.0, help="sampling temperature (default 1.0)")
+    p.add_argument("--top-k", type=_positive_int, help="sample among the k most likely codes only")
+    p.add_argument("--backend", choices=backends.SAMPLER.names(), help="sampler backend (default: the fastest available)")
+    p.add_argument("--test-images", type=_positive_int, help="score only the first N test images (default all)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda when present")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
         "pipeline",

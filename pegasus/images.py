@@ -113,10 +113,10 @@ def save_loss_curves(records: list[dict], path: str | os.PathLike, keys: dict[st
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
-    steps = [r["step"] for r in records]
     for ax, (key, title) in zip(axes[0], keys.items()):
-        values = [r.get(key, float("nan")) for r in records]
-        ax.plot(steps, values, lw=1.2)
+        steps = [r["step"] for r in records if key in r]
+        values = [r[key] for r in records if key in r]
+        ax.plot(steps, values, lw=1.2, marker="o" if len(values) < 30 else None, ms=3)
         if all(v > 0 for v in values if v == v):
             ax.set_yscale("log")
         ax.set_title(title)

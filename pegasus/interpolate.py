@@ -1,8 +1,15 @@
 """Stage 3, bird -> pegasus -> horse: interpolating encoder outputs of the picks and quantising them.
 
-For each bird/horse pair and each alpha, z = (1 - alpha) * z_e(bird) + alpha * z_e(horse) on the
-continuous encoder outputs, then the nearest codes. Reads the run's VQ-VAE and selection.json;
-writes latents.safetensors and interpolation.png (one strip per pair, 8 pairs spread over the
+For each bird/horse pair and each alpha, a mix of the continuous encoder outputs z_e(bird) and
+z_e(horse), then the nearest codes. The mixes (MODES):
+  linear   z = (1 - alpha) * z_bird + alpha * z_horse at every position (the method's own)
+  slerp    per position, the direction of the two D-vectors turned along the great circle and their
+           lengths mixed linearly: a linear mix of two far-apart vectors is shorter than either and
+           lands on dull, grey codes; slerp keeps the length
+  regions  per pair, a smooth random map of the grid (a 3x3 field of seeded noise, upsampled): the
+           alpha share of positions where it is lowest take the horse's vector, the rest the bird's,
+           so that whole parts of both animals survive instead of a blend of both everywhere Reads the run's VQ-VAE and selection.json;
+writes latents.safetensors, interpolation.png and, asked, class_latents.safetensors (one strip per pair, 8 pairs spread over the
 list: the bird, the decoded grids for every alpha, the horse; pegasus.rundir describes both).
 """
 from __future__ import annotations
@@ -18,7 +25,8 @@ from torch import Tensor
 
 from pegasus.images import images_to_tensor, save_grid
 from pegasus.models import VQVAE
-from pegasus.rundir import STRIPS, load_vqvae, read_selection, selected_images, write_latents
+from pegasus.data import ImageDataset
+from pegasus.rundir import STRIPS, class_index, load_vqvae, read_selection, selected_images, write_class_latents, write_latents
 
 DEFAULT_ALPHAS = tuple(i / 10 for i in range(11))
 
@@ -43,17 +51,79 @@ def check_alphas(alphas: Sequence[float]) -> list[float]:
     return alphas
 
 
+MODES = ("linear", "slerp", "regions")
+
+
+def mix(z_b: Tensor, z_h: Tensor, a: Tensor, mode: str = "linear", field: Tensor | None = None) -> Tensor:
+    """Mixes of z_b, z_h Tensor[b, 1, D, h, w] at alphas a Tensor[1, A, 1, 1, 1] -> Tensor[b, A, D, h, w].
+    field Tensor[b, 1, 1, h, w] in [0, 1) ranks the positions for "regions" (`region_field`)."""
+    if mode == "linear":
+        return (1 - a) * z_b + a * z_h
+    if mode == "slerp":
+        nb, nh = z_b.norm(dim=2, keepdim=True), z_h.norm(dim=2, keepdim=True)
+        ub, uh = z_b / nb.clamp_min(1e-12), z_h / nh.clamp_min(1e-12)
+        omega = torch.acos((ub * uh).sum(2, keepdim=True).clamp(-1 + 1e-6, 1 - 1e-6))
+        so = torch.sin(omega)
+        direction = (torch.sin((1 - a) * omega) * ub + torch.sin(a * omega) * uh) / so
+        return direction * ((1 - a) * nb + a * nh)
+    if mode == "regions":
+        if field is None:
+            raise ValueError("mode 'regions' needs the field of each pair (region_field)")
+        horse = field < a  # [b, A, 1, h, w]: the alpha share of positions, where the field is lowest
+        return torch.where(horse, z_h, z_b)
+    raise ValueError(f"interpolation mode should be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def region_field(pair_ids: np.ndarray, grid: tuple[int, int], seed: int) -> Tensor:
+    """Per pair (a row of pair_ids, e.g. (bird id, horse id)), a smooth map of the grid: seeded 3x3
+    noise upsampled bilinearly, replaced by its ranks / (h*w), so that `field < alpha` marks
+    ceil(alpha * h * w) positions in connected blobs. Tensor[P, 1, 1, h, w] float32."""
+    h, w = grid
+    noise = torch.stack([
+        torch.from_numpy(np.random.default_rng([seed, *map(int, ids)]).random((1, 3, 3)).astype(np.float32))
+        for ids in np.asarray(pair_ids).reshape(len(pair_ids), -1)
+    ])
+    smooth = torch.nn.functional.interpolate(noise, size=(h, w), mode="bilinear", align_corners=True).flatten(1)
+    ranks = smooth.argsort(1).argsort(1).float()
+    return (ranks / (h * w)).view(len(pair_ids), 1, 1, h, w)
+
+
 @torch.no_grad()
-def interpolate_codes(model: VQVAE, z_birds: Tensor, z_horses: Tensor, pairs: np.ndarray, alphas: list[float], batch: int = 64) -> Tensor:
+def interpolate_codes(
+    model: VQVAE, z_birds: Tensor, z_horses: Tensor, pairs: np.ndarray, alphas: list[float], batch: int = 64,
+    mode: str = "linear", field: Tensor | None = None,
+) -> Tensor:
     """z_birds Tensor[Nb, D, h, w], z_horses Tensor[Nh, D, h, w], pairs [P, 2] positions ->
-    code grids Tensor[P, A, h, w] of (1 - alpha) * z_bird + alpha * z_horse."""
+    code grids Tensor[P, A, h, w] of the `mode` mix of z_bird and z_horse at each alpha (field:
+    Tensor[P, 1, 1, h, w] for "regions", default `region_field(pairs, ...)` with seed 0)."""
+    if mode not in MODES:
+        raise ValueError(f"interpolation mode should be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "regions" and field is None:
+        field = region_field(pairs, tuple(z_birds.shape[-2:]), 0)
     a = torch.tensor(alphas, dtype=z_birds.dtype, device=z_birds.device)[None, :, None, None, None]
     out = []
     for start in range(0, len(pairs), batch):
         p = torch.from_numpy(pairs[start : start + batch]).to(z_birds.device)
-        z = (1 - a) * z_birds[p[:, 0], None] + a * z_horses[p[:, 1], None]  # [b, A, D, h, w]
+        f = None if field is None else field[start : start + batch].to(z_birds.device)
+        z = mix(z_birds[p[:, 0], None], z_horses[p[:, 1], None], a, mode, f)  # [b, A, D, h, w]
         out.append(model.quantize(z.flatten(0, 1)).view(len(p), len(alphas), *z.shape[-2:]))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_classes(model: VQVAE, ds: ImageDataset, batch: int = 500) -> dict[str, Tensor]:
+    """Code grids of every bird (alpha 0) and horse (alpha 1) of `ds` and of their mirror images:
+    {"indices": Tensor[N, h, w] int64, "alphas": Tensor[N] float32}."""
+    device = next(model.parameters()).device
+    grids, alphas = [], []
+    for alpha, name in ((0.0, "bird"), (1.0, "horse")):
+        members = np.flatnonzero(ds.labels == class_index(ds, name))
+        for start in range(0, len(members), batch):
+            x = images_to_tensor(ds.images[members[start : start + batch]], device)
+            for view in (x, x.flip(-1)):
+                grids.append(model.quantize(model.encode(view)).cpu())
+                alphas.append(torch.full((len(x),), alpha))
+    return {"indices": torch.cat(grids), "alphas": torch.cat(alphas)}
 
 
 def interpolate(
@@ -64,28 +134,39 @@ def interpolate(
     device: str | torch.device = "cpu",
     cache_dir: str | os.PathLike | None = None,
     mirror: bool = False,
+    mode: str = "linear",
+    data: str | os.PathLike | None = None,
+    class_grids: bool = False,
 ) -> dict[str, Any]:
     """Interpolate the picks of RUN_DIR/selection.json with the run's VQ-VAE; writes latents.safetensors
     and interpolation.png. pairs: None for all bird x horse pairs, or a seeded sample of that many.
     mirror: also interpolate every pair mirrored left to right (bird and horse both), doubling the
-    grids; latents["mirrored"] marks them, and the prior holds a pair out with its mirror."""
+    grids; latents["mirrored"] marks them, and the prior holds a pair out with its mirror.
+    mode: one of MODES (module docstring). data: the data set, if not where selection.json says.
+    class_grids: also encode every bird and horse of the split, and their mirror images, into
+    class_latents.safetensors (alpha 0 and 1), the grids `train-prior --pretrain-steps` learns first."""
     run_dir = Path(run_dir)
     alphas = check_alphas(alphas)
+    if mode not in MODES:
+        raise ValueError(f"interpolation mode should be one of {', '.join(MODES)}, got {mode!r}")
     record = read_selection(run_dir)
-    ds, bird_ids, horse_ids = selected_images(run_dir, cache_dir)
+    ds, bird_ids, horse_ids = selected_images(run_dir, cache_dir, data)
     model = load_vqvae(run_dir, device)
     bird_x = images_to_tensor(ds.images[bird_ids], device)
     horse_x = images_to_tensor(ds.images[horse_ids], device)
     with torch.no_grad():
         z_b, z_h = model.encode(bird_x), model.encode(horse_x)
     where = choose_pairs(len(bird_ids), len(horse_ids), pairs, seed)
-    indices = interpolate_codes(model, z_b, z_h, where, alphas).cpu()
     ids = np.stack([np.asarray(bird_ids)[where[:, 0]], np.asarray(horse_ids)[where[:, 1]]], axis=1)
+    # The region map of a pair is a function of its ids, so its mirror shares it, mirrored.
+    field = region_field(ids, tuple(z_b.shape[-2:]), seed) if mode == "regions" else None
+    indices = interpolate_codes(model, z_b, z_h, where, alphas, mode=mode, field=field).cpu()
     mirrored = torch.zeros(len(where), dtype=torch.bool)
     if mirror:
         with torch.no_grad():
             zf_b, zf_h = model.encode(bird_x.flip(-1)), model.encode(horse_x.flip(-1))
-        indices = torch.cat([indices, interpolate_codes(model, zf_b, zf_h, where, alphas).cpu()])
+        flipped = None if field is None else field.flip(-1)
+        indices = torch.cat([indices, interpolate_codes(model, zf_b, zf_h, where, alphas, mode=mode, field=flipped).cpu()])
         ids = np.concatenate([ids, ids])
         mirrored = torch.cat([mirrored, torch.ones(len(where), dtype=torch.bool)])
     tensors = {
@@ -94,8 +175,10 @@ def interpolate(
         "pairs": torch.from_numpy(ids),
         "mirrored": mirrored,
     }
-    meta = {"data": record["data"], "split": record["split"], "seed": str(seed), "sampled_pairs": str(pairs), "mirror": str(mirror)}
+    meta = {"data": record["data"], "split": record["split"], "seed": str(seed), "sampled_pairs": str(pairs), "mirror": str(mirror), "mode": mode}
     write_latents(run_dir, tensors, meta)
+    if class_grids:
+        write_class_latents(run_dir, encode_classes(model, ds), {**meta, "mirror": "True"})
 
     # Pairs spread evenly over the list, so the strips show different birds, not the first bird 8 times.
     shown = np.unique(np.linspace(0, len(where) - 1, min(8, len(where))).round().astype(np.int64))
@@ -103,4 +186,4 @@ def interpolate(
         decoded = model.decode_indices(indices[shown].flatten(0, 1).to(device)).view(len(shown), len(alphas), *bird_x.shape[1:])
     strips = torch.cat([bird_x[where[shown, 0], None], decoded.clamp(0, 1), horse_x[where[shown, 1], None]], dim=1)
     save_grid(strips.flatten(0, 1), run_dir / STRIPS, nrow=len(alphas) + 2, scale=max(1, 64 // bird_x.shape[-1]))
-    return {"pairs": len(where), "mirror": mirror, "alphas": alphas, "grid": list(indices.shape[-2:]), "grids": int(indices.shape[0]) * len(alphas)}
+    return {"pairs": len(where), "mirror": mirror, "mode": mode, "class_grids": class_grids, "alphas": alphas, "grid": list(indices.shape[-2:]), "grids": int(indices.shape[0]) * len(alphas)}

@@ -60,7 +60,9 @@ def run_pipeline(
     precision: str | None = None,
 ) -> dict[str, str]:
     """Run every step that has not run yet into the run directory `out`; returns step -> "ran" or
-    "skipped". `settings` (same keys as QUICK) replaces the FULL or QUICK settings. precision:
+    "skipped". `settings` (the keys of QUICK, and optionally "select": keywords of select_white
+    with "recognisable" for the auxiliary classifier, and "interpolate": keywords of interpolate)
+    replaces the FULL or QUICK settings. precision:
     "fp32" or "bf16" for both trainings (None: bf16 where supported, see pegasus.training)."""
     out = Path(out)
     cfg = settings if settings is not None else (QUICK if quick else FULL)
@@ -90,10 +92,16 @@ def run_pipeline(
 
         def select() -> None:
             ds = load_dataset(data, "train")
-            write_selection(out, ds, "train", select_white(ds))
+            picks = dict(cfg.get("select", {}))
+            if picks.pop("recognisable", False):
+                from pegasus.pretrained import AUX_CLASSIFIER_DIR
+                from pegasus.rundir import load_classifier
+
+                picks["classifier"] = load_classifier(AUX_CLASSIFIER_DIR)
+            write_selection(out, ds, "train", select_white(ds, **picks))
 
         step("select", [SELECTION, CONTACT_SHEET], select)
-        step("interpolate", [LATENTS, STRIPS], lambda: interpolate(out, device=dist.device))
+        step("interpolate", [LATENTS, STRIPS], lambda: interpolate(out, device=dist.device, **cfg.get("interpolate", {})))
         step("train-prior", [PRIOR_WEIGHTS, PRIOR_EVAL], lambda: train_prior(
             out, prior_cfg=cfg["prior"], train_cfg=cfg["prior_train"], device=dist.device,
             resume=dist.on_main(lambda: has_checkpoint(out / PRIOR_CHECKPOINT)), progress=progress), every_rank=True)

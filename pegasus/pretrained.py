@@ -19,12 +19,30 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
-from pegasus.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text
-from pegasus.rundir import CONFIG, PRIOR_CONFIG, PRIOR_EVAL, PRIOR_WEIGHTS, SELECTION, VQVAE_EVAL, VQVAE_WEIGHTS
+from pegasus.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, load_tensors
+from pegasus.rundir import (
+    CLASSIFIER_CONFIG,
+    CLASSIFIER_EVAL,
+    CLASSIFIER_WEIGHTS,
+    CONFIG,
+    PRIOR_CONFIG,
+    PRIOR_EVAL,
+    PRIOR_WEIGHTS,
+    SELECTION,
+    VQVAE_EVAL,
+    VQVAE_WEIGHTS,
+    load_classifier,
+)
 from pegasus.sample import Run, load_run
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-"""Where the shipped run lives (installed with the package as package data)."""
+"""Where the shipped run lives (installed with the package as package data), with the classifier
+that `pegasus evaluate` scores with (classifier.json, classifier.safetensors)."""
+AUX_CLASSIFIER_DIR = WEIGHTS_DIR / "aux"
+"""The auxiliary classifier, the one the method itself uses: the VQ-VAE's perceptual loss
+(train-vqvae --perceptual) and the recognisable picks (select --recognisable). It is trained like
+the evaluation one with another seed, so that `pegasus evaluate` never scores pictures with the
+network they were chosen or optimised by."""
 
 _SHIPPED = (CONFIG, VQVAE_WEIGHTS, PRIOR_CONFIG, PRIOR_WEIGHTS, SELECTION)
 
@@ -71,6 +89,23 @@ def export_run(run_dir: str | os.PathLike, dest: str | os.PathLike = WEIGHTS_DIR
     for path in dest.iterdir():
         sizes[path.name] = path.stat().st_size
     return sizes
+
+
+def export_classifier(folder: str | os.PathLike, dest: str | os.PathLike = WEIGHTS_DIR, half: bool = True) -> dict[str, int]:
+    """Copy a `pegasus train-classifier` directory's classifier.json, classifier.safetensors
+    (float16 weights when `half`: 1 MB instead of 2; it is loaded back into float32) and
+    classifier_eval.json to `dest`. Returns the size in bytes of each file written."""
+    folder, dest = Path(folder), Path(dest)
+    load_classifier(folder)  # one that does not load is not exported
+    dest.mkdir(parents=True, exist_ok=True)
+    tensors, meta = load_tensors(folder / CLASSIFIER_WEIGHTS)
+    if half:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    atomic_write_bytes(dest / CLASSIFIER_WEIGHTS, save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
+    for name in (CLASSIFIER_CONFIG, CLASSIFIER_EVAL):
+        record = json.loads((folder / name).read_text())
+        atomic_write_text(dest / name, json.dumps(_portable(record, dest / name), indent=2) + "\n")
+    return {name: (dest / name).stat().st_size for name in (CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS, CLASSIFIER_EVAL)}
 
 
 def _portable(record: dict, path: Path) -> dict:

@@ -17,13 +17,22 @@ stages wrote through this module alone, so they import it and the models, never 
   latents.safetensors            interpolate    indices int64 [P, A, h, w], alphas float32 [A],
                                                 pairs int64 [P, 2] (bird id, horse id), mirrored bool [P]
   interpolation.png              interpolate    one strip per shown pair: bird, decoded alphas, horse
+  class_latents.safetensors      interpolate    (--class-grids) indices int64 [N, h, w] of every bird
+                                                and horse of the split and their mirrors, alphas [N]
   prior_config.json              train-prior    prior, training and latents settings (like config.json)
   prior_checkpoint.safetensors   train-prior    as checkpoint.safetensors
   prior_metrics.jsonl            train-prior    loss (nats), bits, grids_per_s every log_every steps
-  prior.safetensors              train-prior    final weights
+  prior_best.safetensors         train-prior    the weights of the lowest held-out NLL so far
+  prior.safetensors              train-prior    final weights: those of prior_best.safetensors
   prior_eval.json                train-prior    held-out and training NLL per position
   prior_loss_curves.png          train-prior    training cross-entropy against step
   pegasi.png                     sample         the sample grid of the pipeline
+  evaluation.json                evaluate       the quality report (pegasus.evaluate); evaluation.png
+                                                its plot, evaluation_samples.png a grid per alpha
+
+A classifier directory (`pegasus train-classifier`; one serves every run of a data set):
+  classifier.json, classifier_checkpoint.safetensors, classifier_metrics.jsonl,
+  classifier.safetensors, classifier_eval.json (test accuracy), classifier_loss_curves.png
 
 A missing file raises CheckpointError (or SelectionError for the selection) naming the file and
 the command that makes it.
@@ -43,6 +52,7 @@ from pegasus.checkpoint import CheckpointError, atomic_write_bytes, atomic_write
 from pegasus.data import ImageDataset, load_dataset
 from pegasus.data._dataset import SPLITS
 from pegasus.models import VQVAE, GatedPixelCNN, PixelCNNConfig, VQVAEConfig
+from pegasus.models.classifier import Classifier, ClassifierConfig
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
@@ -55,13 +65,24 @@ SELECTION = "selection.json"
 CONTACT_SHEET = "selection.png"
 LATENTS = "latents.safetensors"
 STRIPS = "interpolation.png"
+CLASS_LATENTS = "class_latents.safetensors"
 PRIOR_CONFIG = "prior_config.json"
 PRIOR_CHECKPOINT = "prior_checkpoint.safetensors"
 PRIOR_METRICS = "prior_metrics.jsonl"
 PRIOR_WEIGHTS = "prior.safetensors"
+PRIOR_BEST = "prior_best.safetensors"
 PRIOR_EVAL = "prior_eval.json"
 PRIOR_CURVES = "prior_loss_curves.png"
 SAMPLES = "pegasi.png"
+EVALUATION = "evaluation.json"
+EVALUATION_PLOT = "evaluation.png"
+EVALUATION_SAMPLES = "evaluation_samples.png"
+CLASSIFIER_CONFIG = "classifier.json"
+CLASSIFIER_CHECKPOINT = "classifier_checkpoint.safetensors"
+CLASSIFIER_METRICS = "classifier_metrics.jsonl"
+CLASSIFIER_WEIGHTS = "classifier.safetensors"
+CLASSIFIER_EVAL = "classifier_eval.json"
+CLASSIFIER_CURVES = "classifier_loss_curves.png"
 
 # The command that writes each input a later stage needs, for the "is missing" messages.
 _MAKES = {
@@ -69,8 +90,11 @@ _MAKES = {
     VQVAE_WEIGHTS: "pegasus train-vqvae --data PATH --out {run}",
     SELECTION: "pegasus select --run-dir {run} --data PATH",
     LATENTS: "pegasus interpolate --run-dir {run}",
+    CLASS_LATENTS: "pegasus interpolate --run-dir {run} --class-grids",
     PRIOR_CONFIG: "pegasus train-prior --run-dir {run}",
     PRIOR_WEIGHTS: "pegasus train-prior --run-dir {run}",
+    CLASSIFIER_CONFIG: "pegasus train-classifier --data PATH --out {run}",
+    CLASSIFIER_WEIGHTS: "pegasus train-classifier --data PATH --out {run}",
 }
 
 
@@ -171,10 +195,13 @@ def read_selection(run_dir: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
-def selected_images(run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> tuple[ImageDataset, list[int], list[int]]:
-    """The data set split of RUN_DIR's selection with its (bird ids, horse ids), checked against it."""
+def selected_images(
+    run_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None, data: str | os.PathLike | None = None
+) -> tuple[ImageDataset, list[int], list[int]]:
+    """The data set split of RUN_DIR's selection with its (bird ids, horse ids), checked against it.
+    data: where the data set is, instead of the path recorded in selection.json."""
     record = read_selection(run_dir)
-    ds = load_dataset(record["data"], record["split"], cache_dir=cache_dir)
+    ds = load_dataset(data or record["data"], record["split"], cache_dir=cache_dir)
     return ds, check_ids(ds, "bird", record["birds"]["ids"]), check_ids(ds, "horse", record["horses"]["ids"])
 
 
@@ -205,18 +232,59 @@ def read_latents(run_dir: str | os.PathLike) -> dict[str, Tensor]:
     return tensors
 
 
+def write_class_latents(run_dir: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, str]) -> None:
+    """Write RUN_DIR/class_latents.safetensors: indices [N, h, w] int64, alphas [N] float32."""
+    atomic_write_bytes(Path(run_dir) / CLASS_LATENTS, save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
+
+
+def read_class_latents(run_dir: str | os.PathLike) -> dict[str, Tensor]:
+    """RUN_DIR/class_latents.safetensors, checked like latents.safetensors."""
+    run_dir = Path(run_dir)
+    path = run_dir / CLASS_LATENTS
+    require(run_dir, CLASS_LATENTS)
+    tensors, _ = load_tensors(path)
+    ind, al = tensors.get("indices"), tensors.get("alphas")
+    if ind is None or al is None or ind.dim() != 3 or al.shape != (ind.shape[0],) or ind.dtype != torch.int64:
+        raise CheckpointError(f"{path}: expected int64 indices [N, h, w] and alphas [N], got {json.dumps({k: [str(v.dtype), *v.shape] for k, v in tensors.items()})}")
+    codes = _codes_if_known(run_dir)
+    if ind.numel() and (int(ind.min()) < 0 or (codes is not None and int(ind.max()) >= codes)):
+        raise CheckpointError(f"{path}: holds codes outside the VQ-VAE's 0..{(codes or 1) - 1} (config.json)")
+    return tensors
+
+
+def latents_meta(run_dir: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of RUN_DIR/latents.safetensors (data, split, seed, mirror, mode)."""
+    run_dir = Path(run_dir)
+    require(run_dir, LATENTS)
+    return load_tensors(run_dir / LATENTS)[1]
+
+
 # --- prior ----------------------------------------------------------------------------------------
+
+
+def _load_model(folder: str | os.PathLike, config_name: str, weights_name: str, key: str, config_type: type, model_type: type,
+                device: str | torch.device) -> Any:
+    """model_type(config_type(**FOLDER/config_name[key])) with FOLDER/weights_name loaded, in eval mode."""
+    folder = Path(folder)
+    require(folder, config_name, weights_name)
+    fields = read_run_config(folder / config_name, key)[key]
+    try:
+        cfg = config_type(**fields)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder / config_name}: cannot read the {key} config ({e})") from e
+    model = model_type(cfg)
+    load_weights(folder / weights_name, model, config=cfg.to_dict())
+    return model.to(device).eval()
 
 
 def load_prior(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> GatedPixelCNN:
     """The trained prior of RUN_DIR, in eval mode."""
-    run_dir = Path(run_dir)
-    require(run_dir, PRIOR_CONFIG, PRIOR_WEIGHTS)
-    fields = read_run_config(run_dir / PRIOR_CONFIG, "prior")["prior"]
-    try:
-        cfg = PixelCNNConfig(**fields)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{run_dir / PRIOR_CONFIG}: cannot read the prior config ({e})") from e
-    prior = GatedPixelCNN(cfg)
-    load_weights(run_dir / PRIOR_WEIGHTS, prior, config=cfg.to_dict())
-    return prior.to(device).eval()
+    return _load_model(run_dir, PRIOR_CONFIG, PRIOR_WEIGHTS, "prior", PixelCNNConfig, GatedPixelCNN, device)
+
+
+# --- classifier -----------------------------------------------------------------------------------
+
+
+def load_classifier(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:
+    """The classifier in FOLDER (classifier.json + classifier.safetensors), in eval mode."""
+    return _load_model(folder, CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS, "classifier", ClassifierConfig, Classifier, device)

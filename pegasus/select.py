@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from pegasus.data import ImageDataset
 from pegasus.images import make_grid, save_image, whiteness
+from pegasus.models.classifier import Classifier
 from pegasus.rundir import CONTACT_SHEET, SelectionError, check_ids, class_index, write_selection as write_selection_record
 
 __all__ = ["DEFAULT_PICKS", "Selection", "SelectionError", "contact_sheet", "pick_class", "read_ids", "select_white", "whiteness", "write_selection"]
@@ -28,16 +29,21 @@ DEFAULT_PICKS = {"bird": 24, "horse": 32}
 
 @dataclass
 class Selection:
-    """Picks of one class: ids index the split's images; scores are their whiteness."""
+    """Picks of one class: ids index the split's images; scores are their whiteness; confidence,
+    when a classifier chose them, its probability of the class for each."""
 
     name: str
     ids: list[int]
     scores: list[float]
+    confidence: list[float] | None = None
 
 
-def pick_class(ds: ImageDataset, name: str, n: int | None, ids: list[int] | None) -> Selection:
+def pick_class(
+    ds: ImageDataset, name: str, n: int | None, ids: list[int] | None, classifier: Classifier | None = None, pool: int = 4
+) -> Selection:
     """The `n` whitest images of class `name` (default DEFAULT_PICKS[name]), or the given `ids`
-    after checking they are in range and of that class."""
+    after checking they are in range and of that class. With a classifier: of the pool * n
+    whitest, the n it is surest are of the class (white *and* recognisable)."""
     label = class_index(ds, name)
     members = np.flatnonzero(ds.labels == label)
     if ids is not None:
@@ -45,12 +51,24 @@ def pick_class(ds: ImageDataset, name: str, n: int | None, ids: list[int] | None
     else:
         if n is not None and n < 1:
             raise SelectionError(f"{name}s should be >= 1, got {n}")
+        n = n or DEFAULT_PICKS[name]
         scores = whiteness(ds.images[members])
         # Stable sort on -score: equal scores keep id order, so the choice is deterministic.
-        chosen = members[np.argsort(-scores, kind="stable")[: n or DEFAULT_PICKS[name]]]
+        chosen = members[np.argsort(-scores, kind="stable")[: n * (pool if classifier is not None else 1)]]
+        if classifier is not None:
+            sure = _confidence(classifier, ds, chosen, name)
+            chosen = chosen[np.argsort(-sure, kind="stable")[:n]]
     if len(chosen) == 0:
         raise SelectionError(f"{ds.source}: the selection of {name}s is empty")
-    return Selection(name, [int(i) for i in chosen], [float(s) for s in whiteness(ds.images[chosen])])
+    confidence = None if classifier is None else [float(p) for p in _confidence(classifier, ds, chosen, name)]
+    return Selection(name, [int(i) for i in chosen], [float(s) for s in whiteness(ds.images[chosen])], confidence)
+
+
+def _confidence(classifier: Classifier, ds: ImageDataset, ids: np.ndarray, name: str) -> np.ndarray:
+    """The classifier's probability that each image of `ids` is a `name`."""
+    from pegasus.train_classifier import predict
+
+    return predict(classifier, np.asarray(ds.images[ids]))[:, classifier.class_index(name)].numpy()
 
 
 def read_ids(path: str | os.PathLike) -> list[int]:
@@ -73,10 +91,12 @@ def select_white(
     horses: int | None = None,
     bird_ids: list[int] | None = None,
     horse_ids: list[int] | None = None,
+    classifier: Classifier | None = None,
 ) -> tuple[Selection, Selection]:
     """The `birds` whitest birds and `horses` whitest horses of `ds` (defaults: DEFAULT_PICKS),
-    or the given ids (checked: in range and of the right class). Raises SelectionError."""
-    return pick_class(ds, "bird", birds, bird_ids), pick_class(ds, "horse", horses, horse_ids)
+    or the given ids (checked: in range and of the right class); with a classifier, the most
+    recognisable of the 4x as many whitest (`pick_class`). Raises SelectionError."""
+    return pick_class(ds, "bird", birds, bird_ids, classifier), pick_class(ds, "horse", horses, horse_ids, classifier)
 
 
 def contact_sheet(ds: ImageDataset, picks: list[Selection], ncol: int = 8) -> np.ndarray:
@@ -92,10 +112,13 @@ def contact_sheet(ds: ImageDataset, picks: list[Selection], ncol: int = 8) -> np
         grid = make_grid(torch.from_numpy(tiles).permute(0, 3, 1, 2), nrow=ncol, pad=pad)
         img = Image.fromarray(np.pad(grid, ((14, 0), (0, 0), (0, 0)), constant_values=255))
         draw = ImageDraw.Draw(img)
-        draw.text((pad, 2), f"{sel.name}s: {len(sel.ids)} picks (id, whiteness)", fill=(0, 0, 0))
-        for k, (i, s) in enumerate(zip(sel.ids, sel.scores)):
+        sure = sel.confidence or [None] * len(sel.ids)
+        what = "id, whiteness" + (", P(class)" if sel.confidence else "")
+        draw.text((pad, 2), f"{sel.name}s: {len(sel.ids)} picks ({what})", fill=(0, 0, 0))
+        for k, (i, s, p) in enumerate(zip(sel.ids, sel.scores, sure)):
             r, c = divmod(k, ncol)
-            draw.text((pad + c * (tw + pad), 14 + pad + r * (th + caption + pad) + th), f"{i} {s:.2f}", fill=(0, 0, 0))
+            label = f"{i} {s:.2f}" + ("" if p is None else f" {p:.2f}")
+            draw.text((pad + c * (tw + pad), 14 + pad + r * (th + caption + pad) + th), label, fill=(0, 0, 0))
         sections.append(np.asarray(img))
     width = max(s.shape[1] for s in sections)
     return np.concatenate([np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in sections])
@@ -109,7 +132,7 @@ def write_selection(run_dir: str | os.PathLike, ds: ImageDataset, split: str, pi
         "data": ds.source,
         "split": split,
         "score": "min(R,G,B)/255 averaged over the central square minus over the border ring (pegasus.select)",
-        **{f"{s.name}s": {"ids": s.ids, "scores": s.scores} for s in picks},
+        **{f"{s.name}s": {"ids": s.ids, "scores": s.scores, **({"confidence": s.confidence} if s.confidence else {})} for s in picks},
     }
     write_selection_record(run_dir, record)
     save_image(contact_sheet(ds, list(picks)), Path(run_dir) / CONTACT_SHEET)

@@ -5,7 +5,14 @@ prior_config.json, prior_checkpoint.safetensors, prior_metrics.jsonl, prior.safe
 prior_eval.json and prior_loss_curves.png (pegasus.rundir describes them).
 
 The held-out split is by pair: a seeded `held_out` share of the bird/horse pairs, every alpha of
-them, so the held-out NLL measures grids of pairs the prior never saw.
+them, so the held-out NLL measures grids of pairs the prior never saw. It is measured at every
+checkpoint, and the weights with the lowest one are kept (prior_best.safetensors, then
+prior.safetensors): a prior trained on a few dozen picks starts to memorise them.
+
+With `pretrain_steps` the first steps train on class_latents.safetensors instead (every bird and
+horse of the split at alpha 0 and 1, `pegasus interpolate --class-grids`): thousands of animals
+teach the prior what birds and horses look like, and the interpolation grids of the white picks
+that follow teach it whiteness and the mixes in between.
 
 Under torchrun each of the N processes trains on its own batch_size grids of a step's N x
 batch_size; rank 0 reads the run directory for all of them and alone writes to it.
@@ -17,7 +24,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -26,16 +33,20 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pegasus._distributed import Dist, distributed
-from pegasus.checkpoint import atomic_write_text, load_checkpoint, read_checkpoint, save_weights, stamp
+from pegasus.checkpoint import atomic_write_text, load_checkpoint, load_tensors, read_checkpoint, save_weights, stamp
 from pegasus.images import save_loss_curves
 from pegasus.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
 from pegasus.rundir import (
+    CLASS_LATENTS,
+    PRIOR_BEST,
     PRIOR_CHECKPOINT,
     PRIOR_CONFIG,
     PRIOR_CURVES,
     PRIOR_EVAL,
     PRIOR_METRICS,
     PRIOR_WEIGHTS,
+    latents_meta,
+    read_class_latents,
     read_latents,
     vqvae_config,
 )
@@ -51,11 +62,15 @@ class PriorTrainConfig(TrainConfig):
     lr: float = 1e-3
     checkpoint_every: int = 250
     held_out: float = 0.1
+    pretrain_steps: int = 0
+    may_be_zero: ClassVar[tuple[str, ...]] = ("seed", "pretrain_steps")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.held_out < 1:
             raise ValueError(f"held-out should be in (0, 1), got {self.held_out}")
+        if not 0 <= self.pretrain_steps < self.steps:
+            raise ValueError(f"pretrain-steps should be in 0..steps-1 ({self.steps - 1}), got {self.pretrain_steps}")
 
 
 @dataclass
@@ -109,6 +124,13 @@ def evaluate_prior(prior: GatedPixelCNN, grids: Tensor, alphas: Tensor, batch_si
     return {"nll_nats": nats, "bits_per_position": nats / math.log(2)}
 
 
+def _best_bits(path: Path) -> float:
+    """The held-out bits of the weights kept in prior_best.safetensors (inf when there are none)."""
+    if not path.is_file():
+        return math.inf
+    return float(load_tensors(path)[1].get("heldout_bits", "inf"))
+
+
 def train_prior(
     run_dir: str | os.PathLike,
     prior_cfg: PixelCNNConfig | dict[str, Any] | None = None,
@@ -138,7 +160,7 @@ def _train_prior(
     progress: bool,
 ) -> dict[str, Any]:
     device = dist.device
-    latents, codes = dist.on_main(lambda: (read_latents(out), vqvae_config(out).codes))
+    latents, codes, mode = dist.on_main(lambda: (read_latents(out), vqvae_config(out).codes, latents_meta(out).get("mode", "linear")))
     grid = list(latents["indices"].shape[-2:])
 
     model_over = prior_cfg.to_dict() if isinstance(prior_cfg, PixelCNNConfig) else dict(prior_cfg or {})
@@ -150,7 +172,13 @@ def _train_prior(
     tcfg = PriorTrainConfig(**train_fields)
     data = split_latents(latents, tcfg.held_out, tcfg.seed)
     info = {"pairs": int(latents["indices"].shape[0]), "alphas": [round(a, 6) for a in latents["alphas"].tolist()],
-            "train_grids": len(data.train), "heldout_grids": len(data.held)}
+            "train_grids": len(data.train), "heldout_grids": len(data.held), "mode": mode}
+    classes = None
+    if tcfg.pretrain_steps:
+        classes = dist.on_main(lambda: read_class_latents(out))
+        if tuple(classes["indices"].shape[-2:]) != tuple(grid):
+            raise TrainingError(f"{out / CLASS_LATENTS}: grids of {list(classes['indices'].shape[-2:])}, the latents' are {grid}")
+        info["class_grids"] = int(classes["indices"].shape[0])
     config = stamp({"prior": cfg.to_dict(), "train": tcfg.__dict__, "latents": info, "world_size": dist.world})
     dist.on_main(lambda: atomic_write_text(out / PRIOR_CONFIG, json.dumps(config, indent=2)))
 
@@ -166,18 +194,37 @@ def _train_prior(
     trained = DistributedDataParallel(prior, static_graph=True) if dist.active else prior
 
     def step_loss(s: int) -> tuple[dict[str, Tensor], int]:
-        batch = batch_indices(len(data.train), tcfg.batch_size * dist.world, s, tcfg.seed)
+        grids, alphas = (classes["indices"], classes["alphas"]) if s < tcfg.pretrain_steps else (data.train, data.train_alpha)
+        batch = batch_indices(len(grids), tcfg.batch_size * dist.world, s, tcfg.seed)
         idx = torch.from_numpy(global_slice(batch, dist))
-        loss = _cross_entropy(prior, data.train[idx].to(device), data.train_alpha[idx].to(device), trained)
+        loss = _cross_entropy(prior, grids[idx].to(device), alphas[idx].to(device), trained)
         return {"loss": loss, "bits": loss.detach() / math.log(2)}, len(idx)
+
+    # Held-out NLL at each checkpoint on (up to) 2048 held-out grids spread over the split; from the
+    # end of pre-training on, the best weights so far are kept in prior_best.safetensors.
+    check = torch.from_numpy(np.unique(np.linspace(0, len(data.held) - 1, min(2048, len(data.held))).round().astype(np.int64)))
+    best_path = out / PRIOR_BEST
+    if not resume and dist.main:
+        best_path.unlink(missing_ok=True)  # left by a run that did not get to write a checkpoint
+
+    def validate(s: int) -> dict[str, float]:
+        bits = evaluate_prior(prior, data.held[check], data.held_alpha[check])["bits_per_position"]
+        if dist.main and s >= tcfg.pretrain_steps and bits < _best_bits(best_path):
+            save_weights(best_path, prior, metadata={"config": json.dumps(cfg.to_dict()), "heldout_bits": repr(bits), "step": str(s)})
+        return {"heldout_bits": bits}
 
     records, step = fit(
         prior, optimizer, step_loss, tcfg, out / PRIOR_CHECKPOINT, out / PRIOR_METRICS, step, resume,
         desc="train-prior", unit="grids", progress=progress, dist=dist, config=cfg.to_dict(),
-        postfix=[("nats", "loss", ".3f"), ("bits", "bits", ".2f"), ("grids_s", "grids_per_s", ".0f")],
+        postfix=[("nats", "loss", ".3f"), ("bits", "bits", ".2f"), ("grids_s", "grids_per_s", ".0f")], validate=validate,
     )
 
     def finish() -> dict[str, Any]:
+        best_step = step
+        if best_path.is_file():
+            tensors, meta = load_tensors(best_path)
+            prior.load_state_dict(tensors)
+            best_step = int(meta["step"])
         save_weights(out / PRIOR_WEIGHTS, prior, metadata={"config": json.dumps(cfg.to_dict())})
         held = evaluate_prior(prior, data.held, data.held_alpha)
         train = evaluate_prior(prior, data.train, data.train_alpha)
@@ -189,10 +236,12 @@ def _train_prior(
             "uniform_bits_per_position": math.log2(codes),
             **info,
             "steps": step,
+            "best_step": best_step,
         }
         atomic_write_text(out / PRIOR_EVAL, json.dumps(summary, indent=2))
         if records:
-            save_loss_curves(records, out / PRIOR_CURVES, {"loss": "train cross-entropy (nats / position)"})
+            curves = {"loss": "train cross-entropy (nats / position)", "heldout_bits": "held-out bits / position"}
+            save_loss_curves(records, out / PRIOR_CURVES, curves)
         return summary
 
     return dist.on_main(finish)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -22,12 +23,13 @@ from pegasus._distributed import Dist, distributed
 from pegasus.checkpoint import atomic_write_text, load_checkpoint, read_checkpoint, save_weights, stamp
 from pegasus.data import ImageDataset, load_dataset
 from pegasus.images import images_to_tensor, save_grid, save_loss_curves
+from pegasus.models.classifier import Classifier, perceptual_distance
 from pegasus.models.quantizer import code_perplexity
 from pegasus.models.vqvae import VQVAE, VQVAEConfig
-from pegasus.rundir import CHECKPOINT, CONFIG, LOSS_CURVES, METRICS, RECONSTRUCTIONS, VQVAE_EVAL, VQVAE_WEIGHTS
+from pegasus.rundir import CHECKPOINT, CONFIG, LOSS_CURVES, METRICS, RECONSTRUCTIONS, VQVAE_EVAL, VQVAE_WEIGHTS, load_classifier, load_vqvae
 from pegasus.training import TrainConfig, TrainingError, batch_indices, fit, global_slice, run_settings
 
-__all__ = ["TrainConfig", "TrainingError", "evaluate", "train_vqvae"]
+__all__ = ["TrainConfig", "TrainingError", "VQVAETrainConfig", "evaluate", "train_vqvae"]
 
 
 def data_variance(images: np.ndarray, limit: int = 10000) -> float:
@@ -35,16 +37,35 @@ def data_variance(images: np.ndarray, limit: int = 10000) -> float:
     return float((images[:limit].astype(np.float64) / 255).var())
 
 
-def _loss(model: VQVAE, x: Tensor, variance: float) -> dict[str, Tensor]:
+@dataclass
+class VQVAETrainConfig(TrainConfig):
+    """TrainConfig with the VQ-VAE's extra terms. perceptual: the weight of `perceptual_distance`
+    between reconstructions and originals in the loss (0: MSE alone), measured by the classifier
+    in perceptual_net (a `pegasus train-classifier` directory; None: the auxiliary one
+    shipped, pegasus.pretrained.AUX_CLASSIFIER_DIR, not the one `pegasus evaluate` scores with).
+    init: a run directory whose VQ-VAE weights training starts from (None: from scratch)."""
+
+    perceptual: float = 0.0
+    perceptual_net: str | None = None
+    init: str | None = None
+
+    may_be_zero: ClassVar[tuple[str, ...]] = ("seed", "perceptual")
+
+
+def _loss(model: VQVAE, x: Tensor, variance: float, net: Classifier | None = None, weight: float = 0.0) -> dict[str, Tensor]:
     out = model(x)
     mse = torch.nn.functional.mse_loss(out.recon, x)
-    return {
+    parts = {
         "loss": mse / variance + out.vq_loss,
         "mse": mse,
         "vq_loss": out.vq_loss,
         "perplexity": out.perplexity,
         "usage": out.usage,
     }
+    if net is not None and weight > 0:
+        parts["perceptual"] = perceptual_distance(net, out.recon, x)
+        parts["loss"] = parts["loss"] + weight * parts["perceptual"]
+    return parts
 
 
 @torch.no_grad()
@@ -89,7 +110,7 @@ def train_vqvae(
     data: str | os.PathLike,
     out: str | os.PathLike,
     model_cfg: VQVAEConfig | dict[str, Any] | None = None,
-    train_cfg: TrainConfig | dict[str, Any] | None = None,
+    train_cfg: VQVAETrainConfig | dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
     resume: bool = False,
     backend: str | None = None,
@@ -117,7 +138,7 @@ def _train_vqvae(
     data: str | os.PathLike,
     out: Path,
     model_cfg: VQVAEConfig | dict[str, Any] | None,
-    train_cfg: TrainConfig | dict[str, Any] | None,
+    train_cfg: VQVAETrainConfig | dict[str, Any] | None,
     dist: Dist,
     resume: bool,
     backend: str | None,
@@ -128,10 +149,11 @@ def _train_vqvae(
     ckpt_path, cfg_path = out / CHECKPOINT, out / CONFIG
     model_over = model_cfg.to_dict() if isinstance(model_cfg, VQVAEConfig) else dict(model_cfg or {})
     train_over = dict(train_cfg.__dict__) if isinstance(train_cfg, TrainConfig) else dict(train_cfg or {})
+    train_over = {k: v for k, v in train_over.items() if not (k in ("perceptual_net", "init") and v is None)}
     model_fields, train_fields = dist.on_main(
         lambda: run_settings(out, CONFIG, CHECKPOINT, "vqvae", model_over, train_over, resume, dist.world, device)
     )
-    model_cfg, train_cfg = VQVAEConfig(**model_fields), TrainConfig(**train_fields)
+    model_cfg, train_cfg = VQVAEConfig(**model_fields), VQVAETrainConfig(**train_fields)
 
     with dist.node_first():  # one process per node decodes into the cache
         train_ds = load_dataset(data, "train", cache_dir=cache_dir)
@@ -152,6 +174,17 @@ def _train_vqvae(
     model.quantizer.sync = dist.active
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=train_cfg.lr)
     step = 0
+    if train_cfg.init and not resume:
+        start = load_vqvae(train_cfg.init)
+        if start.cfg != model_cfg:
+            raise TrainingError(f"--init {train_cfg.init}: its VQ-VAE settings {start.cfg.to_dict()} differ from this run's {model_cfg.to_dict()}")
+        model.load_state_dict(start.state_dict())
+    net = None
+    if train_cfg.perceptual > 0:
+        from pegasus.pretrained import AUX_CLASSIFIER_DIR
+
+        net = load_classifier(train_cfg.perceptual_net or AUX_CLASSIFIER_DIR, device)
+        net.requires_grad_(False)
     if resume:  # rank 0 reads the file; every rank loads the same bytes
         used, blob = dist.on_main(lambda: read_checkpoint(ckpt_path))
         step, _ = load_checkpoint(used, model, optimizer, map_location=device, data=blob, config=model_cfg.to_dict())
@@ -162,7 +195,7 @@ def _train_vqvae(
     def step_loss(s: int) -> tuple[dict[str, Tensor], int]:
         batch = np.sort(batch_indices(len(train_ds), train_cfg.batch_size * dist.world, s, train_cfg.seed))
         idx = global_slice(batch, dist)
-        return _loss(trained, images_to_tensor(train_ds.images[idx], device), variance), len(idx)
+        return _loss(trained, images_to_tensor(train_ds.images[idx], device), variance, net, train_cfg.perceptual), len(idx)
 
     records, step = fit(
         model, optimizer, step_loss, train_cfg, ckpt_path, out / METRICS, step, resume,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -85,14 +85,17 @@ class TrainConfig:
     log_every: int = 10
     precision: str | None = None
 
+    # Numbers that may be 0 (every other number must be > 0); subclasses add theirs.
+    may_be_zero: ClassVar[tuple[str, ...]] = ("seed",)
+
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name == "precision":
                 if v is not None and v not in PRECISIONS:
                     raise ValueError(f"precision should be one of {', '.join(PRECISIONS)}, got {v!r}")
-            elif f.name != "seed" and not v > 0:
-                raise ValueError(f"{f.name.replace('_', '-')} should be > 0, got {v}")
+            elif isinstance(v, (int, float)) and not isinstance(v, bool) and not (v >= 0 if f.name in self.may_be_zero else v > 0):
+                raise ValueError(f"{f.name.replace('_', '-')} should be {'>=' if f.name in self.may_be_zero else '>'} 0, got {v}")
 
 
 def run_settings(
@@ -199,6 +202,7 @@ def fit(
     progress: bool = True,
     dist: Dist | None = None,
     config: dict[str, Any] | None = None,
+    validate: Callable[[int], dict[str, float]] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Train from `step` to `cfg.steps`; returns (every metrics record up to the end, final step).
 
@@ -208,6 +212,8 @@ def fit(
     dropped, as those steps are trained again. postfix: (label, record key, format) shown on the bar.
     `model` is the module itself (not its DDP wrapper); checkpoints are stamped with `config`.
     Under torchrun (`dist`) only rank 0 writes, and its records are the ones returned.
+    validate(step) -> scalars, called in eval mode without gradients before each checkpoint (every
+    rank calls it); they join that step's metrics record.
     """
     dist = dist or Dist(torch.device("cpu"))
     records: list[dict[str, Any]] = []
@@ -242,13 +248,20 @@ def fit(
             step += 1
             rate = items * dist.world / (time.perf_counter() - t0)
             bar.update(1)
-            if dist.main and (step % cfg.log_every == 0 or step == cfg.steps):
-                rec = {"step": step, **{k: float(v) for k, v in logged.items()}, f"{unit}_per_s": rate}
+            checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
+            checked: dict[str, float] = {}
+            if validate is not None and checkpoint:
+                model.eval()
+                with torch.no_grad(), autocast():
+                    checked = validate(step)
+                model.train()
+            if dist.main and (step % cfg.log_every == 0 or step == cfg.steps or checked):
+                rec = {"step": step, **{k: float(v) for k, v in logged.items()}, f"{unit}_per_s": rate, **checked}
                 metrics_file.write(json.dumps(rec) + "\n")
                 metrics_file.flush()
                 records.append(rec)
                 bar.set_postfix(**{label: f"{rec[key]:{fmt}}" for label, key, fmt in postfix})
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if checkpoint:
                 if dist.main:
                     save_checkpoint(checkpoint_path, model, optimizer, step, config=config)
                 last_ckpt = step
