@@ -10,7 +10,7 @@ from PIL import Image
 
 from pegasus.cli import build_parser, main
 
-COMMANDS = ["data", "info", "train-vqvae", "select", "interpolate", "train-prior", "sample", "generate", "pipeline", "bench"]
+COMMANDS = ["data", "info", "train-vqvae", "select", "interpolate", "train-prior", "sample", "generate", "pipeline", "bench", "demo"]
 
 
 @pytest.mark.parametrize("argv", [["--help"]] + [[c, "--help"] for c in COMMANDS])
