@@ -22,6 +22,7 @@ from pegasus import backends
 from pegasus.cli import main
 from pegasus.demo import MAX_SAMPLES, make_server
 from pegasus.images import make_grid
+from pegasus.sample import Run
 
 
 @contextmanager
@@ -281,3 +282,22 @@ def test_cli_prints_the_url_and_warns_off_loopback(monkeypatch, capsys):
     assert "pegasus: warning: --host 0.0.0.0 serves the demo to other machines" in err
     assert main(["demo", "--port", "0"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_request_whose_tab_closed_while_waiting_is_not_sampled(monkeypatch):
+    run = pegasus.pretrained()
+    decoded = []
+    monkeypatch.setattr(run, "decode", lambda grids: decoded.append(len(grids)) or Run.decode(run, grids))
+    with serving(run, running=1, waiting=2) as server:
+        limiter = server.limiter
+        with limiter.admit(), limiter.turn():
+            body = json.dumps({"n": 4}).encode()
+            with socket.create_connection(server.server_address[:2]) as tab:
+                tab.sendall(b"POST /api/grid HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                while limiter._admitted < 2:
+                    threading.Event().wait(0.01)
+        while limiter._admitted:  # the closed tab's request leaves the line
+            threading.Event().wait(0.01)
+        assert decoded == []
+        assert post(server, "/api/grid", {"n": 4})[0] == 200 and decoded == [4]

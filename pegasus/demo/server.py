@@ -22,6 +22,7 @@ import errno
 import ipaddress
 import itertools
 import json
+import select
 import socket
 import threading
 import time
@@ -265,6 +266,15 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as e:
             raise BadRequest(f"the request body is not JSON ({e})") from None
 
+    def _client_gone(self) -> bool:
+        """Whether the client closed the connection: after its request was read, the socket reads
+        as ready only at its end (HTTP/1.0: nothing else may follow)."""
+        ready, _, _ = select.select([self.connection], [], [], 0)
+        try:
+            return bool(ready) and not self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
+
     def _event(self, record: dict[str, Any]) -> None:
         self.wfile.write(json.dumps(record).encode() + b"\n")
 
@@ -277,6 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
         if ahead >= self.server.limiter.running:
             self._event({"event": "queued", "ahead": ahead})
         with self.server.limiter.turn():
+            if self._client_gone():
+                return  # a tab closed while it waited: its turn goes to the next in line
             try:
                 images, seconds = [], 0.0
                 while True:
@@ -318,7 +330,7 @@ def make_server(run: str | Path | Run | None = None, host: str = "127.0.0.1", po
     elif not isinstance(run, Run):
         run = load_run(run)
     shipped = Path(run.run_dir).resolve() == WEIGHTS_DIR.resolve()
-    runs = Runs(run, f"the shipped run ({WEIGHTS_DIR})" if shipped else str(run.run_dir))
+    runs = Runs(run, "the shipped run (pegasus.pretrained())" if shipped else str(run.run_dir))
     try:
         return DemoServer((host, port), runs, Limiter(running, waiting))
     except OSError as e:
