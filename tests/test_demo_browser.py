@@ -173,3 +173,24 @@ def test_two_tabs_sampling_at_once_both_get_their_images(browser, demo_url):
         assert browser.find_element("id", "message").text == ""
         srcs.add(browser.find_element("id", "grid").get_attribute("src"))
     assert len(srcs) == 2
+
+
+def test_dragging_the_slider_ends_on_the_grid_of_where_it_stopped(browser, demo_url):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    _open(browser, demo_url)
+    alpha = browser.find_element("id", "alpha")
+    drag = ActionChains(browser).click_and_hold(alpha)  # the middle: alpha 0.5
+    for _ in range(12):
+        drag.move_by_offset(20, 0).pause(0.03)  # ~0.4 s of dragging to the right end
+    drag.release().perform()
+    assert alpha.get_attribute("value") == "1"
+    # Every change while a grid was on its way was gathered into one more request: the last grid
+    # shown is alpha 1's, and the page goes idle.
+    _wait(browser, lambda d: d.find_element("id", "download").get_attribute("download") == "pegasi-alpha1-seed0.png"
+          and not d.find_element("id", "progress").is_displayed(), "the grid of alpha 1")
+    with urllib.request.urlopen(urllib.request.Request(
+            demo_url + "api/grid", data=json.dumps({"alpha": 1, "n": 16}).encode(),
+            headers={"Content-Type": "application/json"}), timeout=60) as reply:
+        expected = json.loads(reply.read().splitlines()[-1])["image"]
+    assert browser.find_element("id", "grid").get_attribute("src") == expected
