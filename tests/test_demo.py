@@ -301,3 +301,27 @@ def test_a_request_whose_tab_closed_while_waiting_is_not_sampled(monkeypatch):
             threading.Event().wait(0.01)
         assert decoded == []
         assert post(server, "/api/grid", {"n": 4})[0] == 200 and decoded == [4]
+
+
+def test_a_bug_is_one_line_on_the_page_and_the_server_goes_on(server, monkeypatch, capsys):
+    from pegasus.demo import server as demo_server
+
+    def broken(run, settings):
+        raise TypeError("a bug")
+
+    def broken_while_sampling(run, settings):
+        def batches():
+            raise TypeError("a bug while sampling")
+            yield
+
+        return 1, batches(), {"nrow": 8}
+
+    monkeypatch.setitem(demo_server.JOBS, "/api/strip", broken)
+    status, reply = post(server, "/api/strip", {})
+    assert status == 500 and reply["error"] == "unexpected TypeError: a bug (the server's terminal has the traceback)"
+    monkeypatch.setitem(demo_server.JOBS, "/api/strip", broken_while_sampling)
+    status, events = post(server, "/api/strip", {})
+    assert status == 200 and events == [{"event": "error", "error": "unexpected TypeError: a bug while sampling "
+                                         "(the server's terminal has the traceback)"}]
+    assert capsys.readouterr().err.count("Traceback") == 2
+    assert post(server, "/api/grid", {"n": 2})[0] == 200

@@ -26,6 +26,7 @@ import select
 import socket
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -150,6 +151,12 @@ def loopback(host: str) -> bool:
         return False
 
 
+def _unexpected(e: Exception) -> str:
+    """The page's line for an error that is a bug; the traceback goes to the server's stderr."""
+    traceback.print_exc()
+    return f"unexpected {type(e).__name__}: {' '.join(str(e).split())} (the server's terminal has the traceback)"
+
+
 class DemoServer(ThreadingHTTPServer):
     """ThreadingHTTPServer holding the runs, the backend menu and the limiter."""
 
@@ -243,13 +250,16 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, RuntimeError, MemoryError) as e:  # BadRequest is a ValueError
             self._json(HTTPStatus.BAD_REQUEST, {"error": " ".join(str(e).split())})
             return
+        except Exception as e:  # noqa: BLE001 - a bug: the page gets a line, the terminal the traceback
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": _unexpected(e)})
+            return
         try:
             with self.server.limiter.admit() as ahead:
                 self._stream(s, run, total, batches, extra, ahead)
         except Busy as e:
             self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(e)})
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the page moved on (a newer request replaced this one): stop sampling for it
+            pass  # the tab closed or left the page: stop sampling for it
 
     def _read_json(self) -> Any:
         if "json" not in (self.headers.get("Content-Type") or ""):
@@ -301,6 +311,11 @@ class _Handler(BaseHTTPRequestHandler):
                     self._event({"event": "progress", "done": sum(map(len, images)), "total": total})
             except (ValueError, RuntimeError, MemoryError) as e:
                 self._event({"event": "error", "error": " ".join(str(e).split())})
+                return
+            except (BrokenPipeError, ConnectionResetError):
+                raise
+            except Exception as e:  # noqa: BLE001 - as in do_POST
+                self._event({"event": "error", "error": _unexpected(e)})
                 return
         images = torch.cat(images)
         grid = make_grid(images, nrow=extra.pop("nrow"), scale=max(1, 64 // images.shape[-1]))

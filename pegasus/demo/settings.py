@@ -53,8 +53,10 @@ def _int(body: dict[str, Any], name: str, low: int, high: int, default: int | No
 
 
 def _float(body: dict[str, Any], name: str, default: float, expected: str, ok: Any) -> float:
-    value = body.get(name, default)
-    text = str(value).strip() if value != "" else str(default)
+    value = body.get(name)
+    if value is None or value == "":
+        value = default
+    text = str(value).strip()
     try:
         number = float(text)
     except ValueError:
