@@ -1,6 +1,6 @@
 """Take the README's picture of the demo page, docs/demo.png: `pegasus demo` with the shipped run on
 a free port, opened in Debian's headless Chromium (Selenium, Debian's chromedriver) at alpha 0.5,
-seed 0, 16 samples, once the grid and the strip are on screen.
+seed 0, 16 samples, once the grid and the strip are on screen and Generate was pressed once more.
 
     python scripts/demo_screenshot.py      # needs: apt-get install -y chromium chromium-driver
 """
@@ -26,6 +26,9 @@ try:
     driver.get(server.url)
     shown = "return ['grid', 'strip'].every((id) => +document.getElementById(id).dataset.version >= 1)"
     WebDriverWait(driver, 60).until(lambda d: d.execute_script(shown))
+    # Generate once more: the timing line then tells a grid alone (the first also waited for the strip).
+    driver.find_element("id", "generate").click()
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return +document.getElementById('grid').dataset.version >= 2"))
     driver.save_screenshot(str(out))
 finally:
     driver.quit()
