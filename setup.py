@@ -33,7 +33,9 @@ setup(
     packages=find_packages(include=["pegasus", "pegasus.*"]) + ["pegasus.kernels"],
     package_dir={"pegasus.kernels": "kernels"},
     # The pretrained run (pegasus.pretrained(), `pegasus generate`): ~5 MB of float16 safetensors.
-    package_data={"pegasus": ["weights/*.safetensors", "weights/*.json", "weights/aux/*.safetensors", "weights/aux/*.json"]},
+    # The classifiers of `pegasus evaluate` (weights/) and of the method (weights/aux/); demo/index.html:
+    # the demo's page (`pegasus demo`), script and style inline.
+    package_data={"pegasus": ["weights/*.safetensors", "weights/*.json", "weights/aux/*.safetensors", "weights/aux/*.json", "demo/index.html"]},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.10",
@@ -48,7 +50,11 @@ setup(
     ],
     extras_require={
         # triton: CI runs the Triton kernels on CPU tensors in its interpreter (TRITON_INTERPRET=1).
-        "test": ["pytest", "triton", "hypothesis"],
+        # selenium: the demo's browser tests drive Debian's chromium through its chromedriver.
+        "test": ["pytest", "triton", "hypothesis", "selenium"],
+        # The demo (`pegasus demo`) is served by the standard library: nothing to add. The extra
+        # exists so that `pip install -e '.[demo]'` is the one way to ask for it, should it need more.
+        "demo": [],
         "triton": ["triton"],
         "bench": ["pytest-benchmark", "faiss-cpu"],
     },

@@ -56,6 +56,13 @@ def _seed(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _int_at_least(0, "a port in 0..65535")(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 0..65535, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -370,6 +377,24 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pegasus.demo import make_server
+    from pegasus.demo.server import loopback
+
+    server = make_server(args.run_dir, host=args.host, port=args.port)
+    if not loopback(args.host):
+        print(f"pegasus: warning: --host {args.host} serves the demo to other machines, without authentication; "
+              "its page can load any run directory this user can read", file=sys.stderr)
+    print(f"pegasus demo: {server.runs.label} on {server.url} (Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("pegasus demo: stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0
+
+
 def _add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], help="fp32, or bf16: the forward pass under bfloat16 autocast "
                    "(quantiser, losses, EMA statistics and checkpoints stay float32). Default: bf16 where the CPU has "
@@ -598,6 +623,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny settings that finish in a few minutes on a CPU")
     _add_precision(p)
     p.set_defaults(func=_cmd_pipeline)
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="a local web page to sample pegasi with sliders (alpha, temperature, top-k, seed, backend)",
+        description="Serve the demo page and its API on HOST:PORT until Ctrl-C, sampling the shipped run or "
+        "RUN_DIR's. It loads nothing from the network; one sampling job runs at a time and a few wait in line.",
+    )
+    p.add_argument("--run-dir", type=_run_dir, metavar="RUN_DIR", help="run directory to sample (default: the shipped run)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_port, default=7860,
+                   help="port to listen on (default 7860; 0 picks a free one)")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

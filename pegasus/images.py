@@ -90,12 +90,17 @@ def image_format(path: str | os.PathLike) -> str:
 def save_image(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an RGB uint8 array [H, W, 3] in the format its suffix names (PNG, JPEG at quality 95,
     lossless WebP), atomically."""
-    fmt = image_format(path)
+    atomic_write_bytes(path, encode_image(array, image_format(path)))
+    return Path(path)
+
+
+def encode_image(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    """An RGB uint8 array [H, W, 3] as the bytes of an image file in Pillow's format `fmt` (one of
+    IMAGE_FORMATS' values: PNG, JPEG at quality 95, lossless WebP)."""
     options = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {})
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format=fmt, **options)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+    return buf.getvalue()
 
 
 def save_grid(images: Tensor, path: str | os.PathLike, nrow: int = 8, scale: int = 1) -> Path:

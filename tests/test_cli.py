@@ -12,7 +12,7 @@ from pegasus.cli import build_parser, main
 
 COMMANDS = [
     "data", "info", "train-vqvae", "select", "interpolate", "train-prior", "sample", "generate", "pipeline", "bench",
-    "train-classifier", "evaluate",
+    "train-classifier", "evaluate", "demo",
 ]
 
 
