@@ -482,8 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horses", type=_positive_int, help="number of horses to keep (default 32)")
     p.add_argument("--bird-ids", metavar="FILE", help="use these bird ids (integers, whitespace/comma separated) instead")
     p.add_argument("--horse-ids", metavar="FILE", help="use these horse ids instead")
-    p.add_argument("--recognisable", action="store_true", help="of the 4x as many whitest, keep those a classifier is "
-                   "surest are birds (horses): white and recognisable")
+    p.add_argument("--recognisable", action="store_true", help="white and recognisable: of the pictures a classifier "
+                   "gives P(class) >= 0.5 and whiteness >= 0.2, those with the whitest centre")
     p.add_argument("--classifier", metavar="DIR", help="the classifier of --recognisable (implies it; default: the auxiliary "
                    "one shipped with pegasus, not the one `pegasus evaluate` scores with)")
     p.set_defaults(func=_cmd_select)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from pegasus.checkpoint import atomic_write_bytes, atomic_write_text
 from pegasus.data import DatasetError, load_dataset
-from pegasus.images import images_to_tensor, make_grid, save_image, to_uint8, whiteness
+from pegasus.images import images_to_tensor, make_grid, save_image, to_uint8, white_centre, whiteness
 from pegasus.interpolate import choose_pairs, interpolate_codes, region_field
 from pegasus.models.classifier import Classifier
 from pegasus.rundir import (
@@ -58,13 +58,6 @@ WHITE_CENTRE = 0.5
 """A picture is white in the centre when the darkest channel of its central square (the middle
 half of each side) averages >= 0.5 on [0, 1]: light and unsaturated. 52 of the shipped run's 56
 picks pass; of all CIFAR-10 training birds and horses, 13% and 15%."""
-
-
-def white_centre(images: np.ndarray) -> np.ndarray:
-    """Mean of min(R, G, B) / 255 over the central square of uint8 images [N, H, W, 3]."""
-    n, h, w, _ = images.shape
-    centre = images[:, h // 4 : h - h // 4, w // 4 : w - w // 4].min(axis=3)
-    return centre.reshape(n, -1).mean(axis=1) / 255
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -204,7 +197,7 @@ def evaluate_run(
     bar.close()
 
     report = {
-        "run": str(run_dir),
+        "run": "pretrained (pegasus/weights)" if run_dir.resolve() == WEIGHTS_DIR.resolve() else str(run_dir),
         "classifier": {"classes": classifier.cfg.classes, "widths": list(classifier.cfg.widths)},
         "settings": {"n": n, "alphas": list(alphas), "seed": seed, "temperature": temperature, "top_k": top_k,
                      "interpolation": mix, "picks": [len(birds), len(horses)], "white_centre_threshold": WHITE_CENTRE},

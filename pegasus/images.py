@@ -73,6 +73,15 @@ def whiteness(images: np.ndarray) -> np.ndarray:
     return scores
 
 
+def white_centre(images: np.ndarray) -> np.ndarray:
+    """Mean of min(R, G, B) / 255 over the central square (the middle half of each side) of uint8
+    images [N, H, W, 3]: how white the subject is, whatever the background (`whiteness` instead
+    scores the centre against the border)."""
+    n, h, w, _ = images.shape
+    centre = images[:, h // 4 : h - h // 4, w // 4 : w - w // 4].min(axis=3)
+    return centre.reshape(n, -1).mean(axis=1) / 255
+
+
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 """The image files pegasus writes, by suffix (case-insensitive), as Pillow names their formats."""
 

@@ -3,12 +3,14 @@
 >>> run = pegasus.pretrained()            # a Run, as pegasus.load_run(...) returns
 >>> images = run.sample(64, alpha=0.5)   # uint8 [64, 3, 32, 32], no data set and no network needed
 
-The weights are stored in float32 (8.9 MB). Half precision would halve that, but it changed 4 of
-64 samples of the same seed (a rounded logit flips a near-tie and the rest of the grid follows), so
-it was not used (`export_run(..., half=True)` still makes such a copy). The folder is a run
-directory with only what sampling needs: config.json, vqvae.safetensors, prior_config.json,
-prior.safetensors, the evaluation figures, and the selection (selection.json: which training
-images were the birds and horses, not the images).
+The VQ-VAE is stored in float32 (2.9 MB) and the prior, 3.3M parameters, in float16 (6.5 MB; 13 MB
+in float32 would not fit the package's 15 MB): it is loaded into float32, so the shipped model
+*is* the float16-rounded one, and every sampler backend gives the same grids from it (rounding
+changed a few samples of a seed against the float32 prior it came from, as a near-tie flips). The
+folder is a run directory with only what sampling needs: config.json, vqvae.safetensors,
+prior_config.json, prior.safetensors, the evaluation figures, the selection (selection.json: which
+training images were the birds and horses, not the images), and the two classifiers
+(classifier.*, the one `pegasus evaluate` scores with, and aux/classifier.*, the method's own).
 """
 from __future__ import annotations
 
@@ -59,18 +61,19 @@ def pretrained(device: str | torch.device = "cpu") -> Run:
 
 
 def export_run(run_dir: str | os.PathLike, dest: str | os.PathLike = WEIGHTS_DIR, half: bool = False) -> dict[str, int]:
-    """Copy what sampling needs from a finished run directory to `dest`, the weights in float16
-    when `half`; the configs keep the model, training and data settings. Returns the size in
-    bytes of each file in `dest`."""
+    """Copy what sampling needs from a finished run directory to `dest`, the prior's weights in
+    float16 when `half` (the VQ-VAE's stay float32: 2.9 MB); the configs keep the model, training
+    and data settings. Returns the size in bytes of each file in `dest`."""
     run_dir, dest = Path(run_dir), Path(dest)
     load_run(run_dir)  # a run that does not load is not exported
     dest.mkdir(parents=True, exist_ok=True)
     sizes = {}
     for name in (VQVAE_WEIGHTS, PRIOR_WEIGHTS):
         tensors = load_file(run_dir / name)
-        if half:
+        halved = half and name == PRIOR_WEIGHTS
+        if halved:
             tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
-        data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={"source": str(run_dir.name), "dtype": "float16" if half else "float32"})
+        data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={"source": str(run_dir.name), "dtype": "float16" if halved else "float32"})
         atomic_write_bytes(dest / name, data)
     keep = {
         CONFIG: ("format", "pegasus", "vqvae", "train", "data"),
@@ -109,10 +112,12 @@ def export_classifier(folder: str | os.PathLike, dest: str | os.PathLike = WEIGH
 
 
 def _portable(record: dict, path: Path) -> dict:
-    """`record` with its data-set paths by name (an absolute one is the exporting machine's layout),
-    refusing any other absolute path: nothing machine-specific is shipped."""
+    """`record` with its data-set path and the runs it started from (train.init, perceptual_net) by
+    name (an absolute one is the exporting machine's layout), refusing any other absolute path:
+    nothing machine-specific is shipped."""
     record = json.loads(json.dumps(record))
-    for holder, key in ((record, "data"), (record.get("data"), "path")):
+    train = record.get("train")
+    for holder, key in ((record, "data"), (record.get("data"), "path"), (train, "init"), (train, "perceptual_net")):
         if isinstance(holder, dict) and isinstance(holder.get(key), str) and os.path.isabs(holder[key]):
             holder[key] = Path(holder[key]).name
 

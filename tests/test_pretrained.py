@@ -24,11 +24,14 @@ def test_pretrained_is_a_run_like_load_run():
 
 
 def test_shipped_weights_are_small_and_documented():
-    files = {p.name: p.stat().st_size for p in WEIGHTS_DIR.iterdir()}
+    files = {str(p.relative_to(WEIGHTS_DIR)): p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file()}
     assert sum(files.values()) < 15 * 2**20, files
-    for name in ("vqvae.safetensors", "prior.safetensors"):
+    # The run and the two classifiers (the one `evaluate` scores with, and the method's own in aux/).
+    assert {"classifier.safetensors", "aux/classifier.safetensors", "classifier_eval.json"} <= set(files)
+    for name in ("vqvae.safetensors", "prior.safetensors", "classifier.safetensors", "aux/classifier.safetensors"):
         with safe_open(WEIGHTS_DIR / name, "pt") as f:
-            assert {f.get_tensor(k).dtype for k in f.keys()} <= {torch.float32, torch.int64, torch.bool}, name
+            assert {f.get_tensor(k).dtype for k in f.keys()} <= {torch.float32, torch.float16, torch.int64, torch.bool}, name
+    assert json.loads((WEIGHTS_DIR / "classifier_eval.json").read_text())["test_accuracy"] >= 0.85
     selection = json.loads((WEIGHTS_DIR / "selection.json").read_text())
     assert selection["birds"]["ids"] and selection["horses"]["ids"]
     assert "heldout_bits_per_position" in json.loads((WEIGHTS_DIR / "prior_eval.json").read_text())

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from pegasus.cli import main
 from pegasus.data import load_dataset
-from pegasus.evaluate import EVAL_ALPHAS, evaluate_run, format_report, frechet_distance, white_centre
+from pegasus.evaluate import EVAL_ALPHAS, evaluate_run, format_report, frechet_distance
+from pegasus.images import white_centre
 from pegasus.interpolate import interpolate, mix, region_field
 from pegasus.models.classifier import Classifier, ClassifierConfig, perceptual_distance
 from pegasus.rundir import latents_meta, load_classifier, read_class_latents, read_latents, read_selection
@@ -172,18 +173,27 @@ def test_prior_pretraining_and_best_heldout_checkpoint(tiny_run, tmp_path):
         PriorTrainConfig(steps=10, pretrain_steps=10)
 
 
-def test_recognisable_picks_are_the_surest_of_the_whitest(tiny_folder, tiny_classifier):
+def test_recognisable_picks_are_white_and_recognised(tiny_folder, tiny_classifier, monkeypatch):
+    import pegasus.select as select_mod
+    from pegasus.images import white_centre, whiteness
+
     ds = load_dataset(tiny_folder, "train")
     model = load_classifier(tiny_classifier[0])
-    plain, _ = select_white(ds, birds=2, horses=2)
-    birds, horses = select_white(ds, birds=2, horses=2, classifier=model)
     members = np.flatnonzero(ds.labels == 2)
-    from pegasus.images import whiteness
-
-    pool = members[np.argsort(-whiteness(ds.images[members]), kind="stable")[:8]]
-    sure = predict(model, ds.images[pool])[:, 2].numpy()
-    assert birds.ids == pool[np.argsort(-sure, kind="stable")[:2]].tolist()
-    assert birds.confidence == pytest.approx(sorted(sure, reverse=True)[:2], abs=1e-6)
+    sure = predict(model, ds.images[members])[:, 2].numpy()
+    score, centre = whiteness(ds.images[members]), white_centre(np.asarray(ds.images[members]))
+    # Thresholds that split this tiny set: some birds qualify, some do not.
+    monkeypatch.setattr(select_mod, "RECOGNISABLE", float(np.median(sure)))
+    monkeypatch.setattr(select_mod, "CONTRAST", float(np.min(score)))
+    eligible = sure >= np.median(sure)
+    assert 0 < eligible.sum() < len(members)
+    n = int(eligible.sum()) + 1  # one more than qualify: the rest follow in the same order
+    birds, horses = select_white(ds, birds=n, horses=2, classifier=model)
+    qualified = members[eligible][np.argsort(-centre[eligible], kind="stable")]
+    runner_up = members[~eligible][np.argmax(centre[~eligible])]
+    assert birds.ids == [*qualified.tolist(), int(runner_up)]
+    assert birds.confidence == pytest.approx(predict(model, ds.images[birds.ids])[:, 2].tolist(), abs=1e-6)
+    plain, _ = select_white(ds, birds=2, horses=2)
     assert plain.confidence is None and len(horses.ids) == 2
 
 
@@ -260,3 +270,20 @@ def test_export_classifier_in_half_precision(tiny_classifier, tmp_path):
     x = torch.rand(8, 3, 16, 16)
     assert next(half.parameters()).dtype == torch.float32
     torch.testing.assert_close(half(x).softmax(1), full(x).softmax(1), atol=2e-2, rtol=0)
+
+
+def test_pipeline_takes_the_quality_settings(tiny_folder, tmp_path):
+    from pegasus.pipeline import run_pipeline
+
+    from .conftest import TINY_PIPELINE
+
+    settings = {**TINY_PIPELINE, "select": {"recognisable": True, "birds": 3, "horses": 4},
+                "interpolate": {"mirror": True, "mode": "slerp", "class_grids": True},
+                "prior_train": {**TINY_PIPELINE["prior_train"], "pretrain_steps": 10}}
+    out = tmp_path / "run"
+    run_pipeline(tiny_folder, out, settings=settings, progress=False)
+    sel = read_selection(out)
+    assert len(sel["birds"]["ids"]) == 3 and len(sel["birds"]["confidence"]) == 3  # the shipped auxiliary classifier chose them
+    assert latents_meta(out)["mode"] == "slerp" and read_class_latents(out)["indices"].shape[0] > 0
+    ev = json.loads((out / "prior_eval.json").read_text())
+    assert ev["class_grids"] > 0 and ev["mode"] == "slerp" and ev["best_step"] >= 10

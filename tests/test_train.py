@@ -56,9 +56,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_folder, tmp_path, mo
     real_loss = train_mod._loss
     calls = {"n": 0}
 
-    def poisoned(model, x, variance):
+    def poisoned(model, x, variance, *perceptual):
         calls["n"] += 1
-        parts = real_loss(model, x, variance)
+        parts = real_loss(model, x, variance, *perceptual)
         if calls["n"] == 7:
             parts["loss"] = parts["loss"] * float("nan")
         return parts
