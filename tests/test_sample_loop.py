@@ -389,7 +389,10 @@ def test_gil_is_released_while_sampling():
 def test_ctrl_c_stops_the_loop_between_rows(tmp_path):
     script = textwrap.dedent(
         """
-        import sys, torch
+        import signal, sys, torch
+        # A shell's background job (`pytest ... &`) starts with SIGINT ignored and its children
+        # inherit that, so Python would install no handler and sample to the end: restore Ctrl-C.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from pegasus import GatedPixelCNN
         from pegasus.sampling import gumbel_noise, sample_indices
         prior = GatedPixelCNN(codes=16, channels=256, layers=8).eval()
