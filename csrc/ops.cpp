@@ -5,6 +5,12 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
+namespace pegasus {
+const char* cpu_capability();  // csrc/cpu/vec_kernels.h
+}
+
 extern "C" {
 // `import pegasus._C` runs the static registrations below; the module itself is empty.
 PyObject* PyInit__C(void) {
@@ -35,4 +41,7 @@ TORCH_LIBRARY(pegasus, m) {
   m.def(
       "sample_loop(Tensor[] weights, Tensor cond, Tensor noise, float temperature, int top_k, "
       "bool return_logits) -> (Tensor, Tensor)");
+  // The build of the CPU step kernels' vector code this process runs: "avx512", "avx2" or
+  // "default" (csrc/cpu/vec_kernels.cpp; ATEN_CPU_CAPABILITY lowers it). For `pegasus info`, benches.
+  m.def("_cpu_capability() -> str", [] { return std::string(pegasus::cpu_capability()); });
 }

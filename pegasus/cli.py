@@ -127,7 +127,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from pegasus.pretrained import WEIGHTS_DIR
 
     print(f"pegasus {__version__}, torch {torch.__version__}")
-    ext = "loaded" if _extension.has_cpp_ops() else f"NOT loaded: {_extension.cpp_load_error()}"
+    if _extension.has_cpp_ops():
+        # Which build of the C++ steps' vector code runs (csrc/cpu/vec_kernels.cpp).
+        ext = f"loaded (CPU kernels built for {torch.ops.pegasus._cpu_capability()}; ATEN_CPU_CAPABILITY lowers it)"
+    else:
+        ext = f"NOT loaded: {_extension.cpp_load_error()}"
     print(f"C++ extension pegasus._C: {ext}")
     print(f"CUDA: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'not available'}")
     print("backends:")

@@ -1,8 +1,9 @@
 // CPU kernels of the cached sampler's two steps, pegasus::sample_row and pegasus::sample_position
 // (schemas in csrc/ops.cpp; the pure-PyTorch reference is pegasus/reference.py, which documents the
-// state tensors). Matrix products go to at::addmm_out (MKL/oneDNN, threaded); the gates, the
-// residuals, the Gumbel-max choice and the gathers are plain loops over raw pointers, because at
-// one position of a batch of 1 to 64 the per-op overhead of ATen calls, not arithmetic, dominates.
+// state tensors). Everything is plain loops over raw pointers and the vector kernels of
+// csrc/cpu/vec_kernels.h (a register-blocked GEMM and the gate, built for AVX-512, AVX2 and
+// portably): at one position of a batch of 1 to 64 the per-op overhead of ATen calls, not
+// arithmetic, dominated (an ATen tanh + sigmoid + mul gate took ~20 us of a 70 us position step).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -14,47 +15,36 @@
 #include <vector>
 
 #include "../sample_common.h"
-#include "small_gemm.h"
+#include "vec_kernels.h"
 
 namespace pegasus {
 namespace {
 
-template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
+// Work (multiply-adds) below which a step runs on the calling thread: a parallel region costs
+// ~5 us when both cores are free, and much more when another process holds one. The default
+// prior's position step is ~300K multiply-adds a sample, its row step ~1.1M a sample.
+constexpr int64_t kParallelMacs = 1 << 19;
 
-// out[c] = tanh(a[c] + add[c]) * sigmoid(a[C + c] + add[C + c]) for c < C; add may be null.
-template <typename T>
-inline void gate(const T* a, const T* add, int64_t c, T* out) {
-  for (int64_t i = 0; i < c; ++i) {
-    const T f = add ? a[i] + add[i] : a[i];
-    const T g = add ? a[c + i] + add[c + i] : a[c + i];
-    out[i] = std::tanh(f) * sigmoid(g);
+// Runs fn(begin, end) over [0, n) in one chunk per thread when `macs` of work make that worth it,
+// else on this thread.
+template <typename F>
+void maybe_parallel(int64_t n, int64_t macs, const F& fn) {
+  if (n >= 2 && macs >= kParallelMacs && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+    at::parallel_for(0, n, 1, fn);
+  } else {
+    fn(0, n);
   }
 }
 
-// Below this many gated values (rows x C) the scalar loop wins: three ATen calls cost ~10 us, while
-// std::tanh/std::exp cost ~20 ns a value. Above it, ATen's vectorised tanh and sigmoid win: at a
-// 24x24 row of a batch of 16 (24,576 values a layer) the scalar gates took 8 of a row's 11 ms.
-constexpr int64_t kVectorGateMin = 1024;
-
-// out = tanh(a[..., :C]) * sigmoid(a[..., C:]) with ATen's vectorised kernels; out may be strided.
-void gate_aten(const at::Tensor& a, const at::Tensor& out, int64_t c) {
-  at::mul_out(const_cast<at::Tensor&>(out), at::tanh(a.narrow(-1, 0, c)), at::sigmoid(a.narrow(-1, c, c)));
-}
-
-// Up to 32 rows run inline: a parallel region costs more than it saves on these sizes, and blocks
-// the loop whenever the two cores are shared. Batch 64 splits in two.
+// out[m, :n] = bias + x.row(m) @ w for m < rows, the columns split across threads (in blocks of 64,
+// the AVX-512 kernel's width) when the product is big enough: a batch of 1 has too few rows to split.
 template <typename T>
-void small_gemm(const T* x, int64_t ldx, const T* w, const T* bias, int64_t ldb, T* out, int64_t m, int64_t k,
-                int64_t n) {
-  if (m <= 32) {
-    small_gemm_rows(x, ldx, w, bias, ldb, out, 0, m, k, n);
-    return;
-  }
-  at::parallel_for(0, m, 32, [&](int64_t begin, int64_t end) {
-    small_gemm_rows(x, ldx, w, bias, ldb, out, begin, end, k, n);
+void gemm_split_columns(const Rows<T>& x, const T* w, const T* bias, int64_t ldb, T* out, int64_t rows, int64_t k,
+                        int64_t n) {
+  constexpr int64_t kCols = 64;
+  const int64_t blocks = (n + kCols - 1) / kCols;
+  maybe_parallel(blocks, rows * k * n, [&](int64_t begin, int64_t end) {
+    small_gemm(x, w, bias, ldb, out, 0, rows, begin * kCols, std::min(n, end * kCols), k, n);
   });
 }
 
@@ -72,51 +62,58 @@ void sample_row_cpu(const at::Tensor& v_state, const at::Tensor& v2h_row, at::Te
     using T = scalar_t;
     T* vs = v_state.data_ptr<T>();
     const T* cd = cond.data_ptr<T>();
+    T* v2h = v2h_row.data_ptr<T>();
+    const int64_t per_sample = ring * padded * c;  // one sample's ring of padded rows, one layer
     auto layer_in = [&](int64_t l, int64_t b, int64_t slot) {  // v_state[l, b, slot] -> [W+2h, C]
       return vs + ((l * batch + b) * ring + slot) * padded * c;
     };
-    for (int64_t l = 0; l < p.layers; ++l) {
+    std::vector<T> v_pre_all(batch * width * 2 * c);
+    // Layer l of samples b0 .. b1 (every column of the products when `split`, else this thread's share).
+    auto layer = [&](int64_t l, int64_t b0, int64_t b1, bool split) {
       const at::Tensor& wv = weights[packed::layer_index(l, packed::kWv)];
-      const int64_t rows = wv.size(0) / (k * c);
-      // The vertical convolution of row `row` as kernel-row products with no im2col copy: for
-      // sample b and kernel row r (ring slot of row row-h+r), the k*C inputs of output column j are
-      // the padded row's values j*C .. (j+k)*C, a matrix of W overlapping rows with stride C. Rows of
-      // the batch are split across threads; the first kernel row starts from the bias.
-      at::Tensor v_pre = at::empty({batch * width, 2 * c}, v_state.options());
-      T* vp_out = v_pre.data_ptr<T>();
+      const int64_t rows = wv.size(0) / (k * c), m = (b1 - b0) * width;
       const T* wv_p = wv.data_ptr<T>();
       const T* bv_p = weights[packed::layer_index(l, packed::kBv)].data_ptr<T>();
-      at::parallel_for(0, batch, 1, [&](int64_t b_begin, int64_t b_end) {
-        for (int64_t b = b_begin; b < b_end; ++b) {
-          T* out = vp_out + b * width * 2 * c;
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t slot = ((row - h + r) % ring + ring) % ring;
-            small_gemm_rows(layer_in(l, b, slot), c, wv_p + r * k * c * 2 * c, r == 0 ? bv_p : out,
-                            r == 0 ? 0 : 2 * c, out, 0, width, k * c, 2 * c);
-          }
+      T* v_pre = v_pre_all.data() + b0 * width * 2 * c;
+      T* vh = v2h + (l * batch + b0) * width * 2 * c;
+      auto product = [&](const Rows<T>& x, const T* w, const T* bias, int64_t ldb, T* out, int64_t kk) {
+        if (split) {
+          gemm_split_columns(x, w, bias, ldb, out, m, kk, 2 * c);
+        } else {
+          small_gemm(x, w, bias, ldb, out, 0, m, 0, 2 * c, kk, 2 * c);
         }
-      });
-      at::Tensor v2h = v2h_row.select(0, l).view({batch * width, 2 * c});
-      small_gemm<T>(vp_out, 2 * c, weights[packed::layer_index(l, packed::kWvh)].data_ptr<T>(),
-                    weights[packed::layer_index(l, packed::kBhv)].data_ptr<T>(), 0,
-                    v2h.data_ptr<T>(), batch * width, 2 * c, 2 * c);
-      const T* vp = v_pre.data_ptr<T>();
-      T* vh = v2h.data_ptr<T>();
-      const bool vector_gate = batch * width * c >= kVectorGateMin;
-      for (int64_t b = 0; b < batch; ++b) {
+      };
+      // The vertical convolution of row `row` as kernel-row products with no im2col copy: for
+      // kernel row r (ring slot of row row-h+r), the k*C inputs of output column j of sample b are
+      // the padded row's values j*C .. (j+k)*C: rows of stride C within a sample (group = W) and
+      // of stride `per_sample` between samples. The first kernel row starts from the bias.
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t slot = ((row - h + r) % ring + ring) % ring;
+        product({layer_in(l, b0, slot), c, width, per_sample}, wv_p + r * k * c * 2 * c, r == 0 ? bv_p : v_pre,
+                r == 0 ? 0 : 2 * c, v_pre, k * c);
+      }
+      product(dense_rows<T>(v_pre, 2 * c), weights[packed::layer_index(l, packed::kWvh)].data_ptr<T>(),
+              weights[packed::layer_index(l, packed::kBhv)].data_ptr<T>(), 0, vh, 2 * c);
+      for (int64_t b = b0; b < b1; ++b) {
         const T* add = cd + (l * batch + b) * 2 * c;
         for (int64_t j = 0; j < width; ++j) {
-          T* out = vh + (b * width + j) * 2 * c;
+          T* out = vh + ((b - b0) * width + j) * 2 * c;
           for (int64_t o = 0; o < 2 * c; ++o) out[o] += add[o];
-          if (l + 1 < p.layers && !vector_gate) {  // the last layer's vertical stack feeds nothing
-            gate(vp + (b * width + j) * 2 * c, add, c, layer_in(l + 1, b, here) + (h + j) * c);
+          if (l + 1 < p.layers) {  // the last layer's vertical stack feeds nothing
+            gate(v_pre + ((b - b0) * width + j) * 2 * c, add, c, layer_in(l + 1, b, here) + (h + j) * c);
           }
         }
       }
-      if (l + 1 < p.layers && vector_gate) {
-        at::Tensor pre = v_pre.view({batch, width, 2 * c}) + cond.select(0, l).unsqueeze(1);
-        gate_aten(pre, v_state.select(0, l + 1).select(1, here).narrow(1, h, width), c);
-      }
+    };
+    // Samples are independent: with two or more, each thread takes its share of the batch through
+    // every layer (one parallel region a row); a batch of 1 splits each product's columns instead.
+    const int64_t macs = batch * width * (k * c * (h + 1) * 2 * c + 4 * c * c) * p.layers;
+    if (batch >= 2) {
+      maybe_parallel(batch, macs, [&](int64_t b0, int64_t b1) {
+        for (int64_t l = 0; l < p.layers; ++l) layer(l, b0, b1, false);
+      });
+    } else {
+      for (int64_t l = 0; l < p.layers; ++l) layer(l, 0, batch, true);
     }
   });
 }
@@ -170,60 +167,61 @@ std::tuple<at::Tensor, at::Tensor> sample_position_cpu(const at::Tensor& v_state
   TORCH_CHECK(col >= 0 && col < width, "sample_position: col should be in [0, ", width, "), got ", col);
 
   at::Tensor codes = at::empty({batch}, v_state.options().dtype(at::kLong));
-  at::Tensor logits;
+  at::Tensor logits = at::empty({batch, p.codes}, x_state.options());
   AT_DISPATCH_FLOATING_TYPES(v_state.scalar_type(), "sample_position", [&] {
     using T = scalar_t;
     T* xs = x_state.data_ptr<T>();
     auto x_at = [&](int64_t l, int64_t b, int64_t j) { return xs + ((l * batch + b) * padded_x + j) * c; };
-    at::Tensor u = at::empty({batch, c}, x_state.options());
-    at::Tensor h_pre = at::empty({batch, 2 * c}, x_state.options());
-    std::vector<T> skip(batch * c, T(0)), out_skip(batch * 2 * c), hidden(batch * c);
-    T* up = u.data_ptr<T>();
-    T* hp = h_pre.data_ptr<T>();
     const T* vh = v2h_row.data_ptr<T>();
     auto w_at = [&](int64_t i) { return weights[i].data_ptr<T>(); };
     auto layer_w = [&](int64_t l, packed::Layer t) { return w_at(packed::layer_index(l, t)); };
     auto head_w = [&](packed::Head t) { return w_at(packed::head_index(p.layers, t)); };
-    for (int64_t l = 0; l < p.layers; ++l) {
-      const int64_t cols = weights[packed::layer_index(l, packed::kWh)].size(0) / c;
-      // h_pre = v2h_row[l, :, col] + (columns col-h .. col-h+cols-1 of layer l's input) @ wh.
-      small_gemm<T>(x_at(l, 0, col), padded_x * c, layer_w(l, packed::kWh), vh + (l * batch * width + col) * 2 * c,
-                    width * 2 * c, hp, batch, cols * c, 2 * c);
-      if (batch * c >= kVectorGateMin) {
-        gate_aten(h_pre, u, c);
-      } else {
-        for (int64_t b = 0; b < batch; ++b) gate(hp + b * 2 * c, static_cast<const T*>(nullptr), c, up + b * c);
-      }
-      small_gemm<T>(up, c, layer_w(l, packed::kWos), layer_w(l, packed::kBos), 0, out_skip.data(), batch, c, 2 * c);
-      for (int64_t b = 0; b < batch; ++b) {
-        const T* os = out_skip.data() + b * 2 * c;
-        if (l + 1 < p.layers) {
-          T* next = x_at(l + 1, b, col + h);
-          const T* res = x_at(l, b, col + h);  // the first layer has no residual (it would leak the code)
-          for (int64_t i = 0; i < c; ++i) next[i] = l > 0 ? os[i] + res[i] : os[i];
-        }
-        for (int64_t i = 0; i < c; ++i) skip[b * c + i] += os[c + i];
-      }
-    }
-    for (T& v : skip) v = v < T(0) ? T(0) : v;  // relu that keeps NaN, as torch.relu does
-    small_gemm<T>(skip.data(), c, head_w(packed::kW1), head_w(packed::kB1), 0, hidden.data(), batch, c, c);
-    for (T& v : hidden) v = v < T(0) ? T(0) : v;
-    logits = at::empty({batch, p.codes}, x_state.options());
-    small_gemm<T>(hidden.data(), c, head_w(packed::kW2), head_w(packed::kB2), 0, logits.data_ptr<T>(), batch, c, p.codes);
-    const T* lp = logits.data_ptr<T>();
+    T* lp = logits.data_ptr<T>();
     const T* np = noise.data_ptr<T>();
     int64_t* cp = codes.data_ptr<int64_t>();
     const T* emb = weights[packed::kEmbedding].data_ptr<T>();
     T* vs = v_state.data_ptr<T>();
-    std::vector<T> scratch;
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t code = choose(lp + b * p.codes, np + b * noise.stride(0), noise.stride(1), p.codes, temperature,
-                                  top_k, scratch);
-      cp[b] = code;
-      const T* e = emb + code * c;
-      std::memcpy(x_at(0, b, col + h), e, sizeof(T) * c);
-      std::memcpy(vs + (((b) * ring + row % ring) * (width + 2 * h) + h + col) * c, e, sizeof(T) * c);
-    }
+    int64_t macs = c * 2 * c + c * c + c * p.codes;
+    for (int64_t l = 0; l < p.layers; ++l) macs += weights[packed::layer_index(l, packed::kWh)].size(0) * 2 * c;
+    // Samples b0 .. b1, through every layer and the head to their codes; the batch is split across
+    // threads when big enough (one parallel region a position).
+    maybe_parallel(batch, batch * macs, [&](int64_t b0, int64_t b1) {
+      const int64_t m = b1 - b0;
+      std::vector<T> h_pre(m * 2 * c), u(m * c), skip(m * c, T(0)), out_skip(m * 2 * c), hidden(m * c), scratch;
+      for (int64_t l = 0; l < p.layers; ++l) {
+        const int64_t cols = weights[packed::layer_index(l, packed::kWh)].size(0) / c;
+        // h_pre = v2h_row[l, :, col] + (columns col-h .. col-h+cols-1 of layer l's input) @ wh.
+        small_gemm(dense_rows<T>(x_at(l, b0, col), padded_x * c), layer_w(l, packed::kWh),
+                   vh + ((l * batch + b0) * width + col) * 2 * c, width * 2 * c, h_pre.data(), 0, m, 0, 2 * c,
+                   cols * c, 2 * c);
+        for (int64_t b = 0; b < m; ++b) gate(h_pre.data() + b * 2 * c, static_cast<const T*>(nullptr), c, u.data() + b * c);
+        small_gemm(dense_rows<T>(u.data(), c), layer_w(l, packed::kWos), layer_w(l, packed::kBos), 0, out_skip.data(),
+                   0, m, 0, 2 * c, c, 2 * c);
+        for (int64_t b = 0; b < m; ++b) {
+          const T* os = out_skip.data() + b * 2 * c;
+          if (l + 1 < p.layers) {
+            T* next = x_at(l + 1, b0 + b, col + h);
+            const T* res = x_at(l, b0 + b, col + h);  // the first layer has no residual (it would leak the code)
+            for (int64_t i = 0; i < c; ++i) next[i] = l > 0 ? os[i] + res[i] : os[i];
+          }
+          for (int64_t i = 0; i < c; ++i) skip[b * c + i] += os[c + i];
+        }
+      }
+      for (T& v : skip) v = v < T(0) ? T(0) : v;  // relu that keeps NaN, as torch.relu does
+      small_gemm(dense_rows<T>(skip.data(), c), head_w(packed::kW1), head_w(packed::kB1), 0, hidden.data(), 0, m, 0,
+                 c, c, c);
+      for (T& v : hidden) v = v < T(0) ? T(0) : v;
+      small_gemm(dense_rows<T>(hidden.data(), c), head_w(packed::kW2), head_w(packed::kB2), 0, lp + b0 * p.codes, 0,
+                 m, 0, p.codes, c, p.codes);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t code = choose(lp + b * p.codes, np + b * noise.stride(0), noise.stride(1), p.codes, temperature,
+                                    top_k, scratch);
+        cp[b] = code;
+        const T* e = emb + code * c;
+        std::memcpy(x_at(0, b, col + h), e, sizeof(T) * c);
+        std::memcpy(vs + ((b * ring + row % ring) * (width + 2 * h) + h + col) * c, e, sizeof(T) * c);
+      }
+    });
   });
   return {codes, logits};
 }
