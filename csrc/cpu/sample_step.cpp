@@ -68,7 +68,8 @@ void sample_row_cpu(const at::Tensor& v_state, const at::Tensor& v2h_row, at::Te
       return vs + ((l * batch + b) * ring + slot) * padded * c;
     };
     std::vector<T> v_pre_all(batch * width * 2 * c);
-    // Layer l of samples b0 .. b1 (every column of the products when `split`, else this thread's share).
+    // Layer l of samples b0 .. b1: with `split`, each product's columns are shared out among the
+    // threads; without, this thread computes every column of its samples.
     auto layer = [&](int64_t l, int64_t b0, int64_t b1, bool split) {
       const at::Tensor& wv = weights[packed::layer_index(l, packed::kWv)];
       const int64_t rows = wv.size(0) / (k * c), m = (b1 - b0) * width;
