@@ -560,7 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     sampling = argparse.ArgumentParser(add_help=False)
     sampling.add_argument("-n", "--num-samples", dest="n", type=_positive_int, default=64, help="images to write (default 64)")
     sampling.add_argument("--alpha", type=float, default=0.5, help="0 = bird, 1 = horse (default 0.5)")
-    sampling.add_argument("--temperature", type=_positive_float, default=1.0, help="logits are divided by it (default 1.0)")
+    sampling.add_argument("--temperature", type=_positive_float, help="logits are divided by it (default: the run's, "
+                          "from its sampling.json; 1.0 without one)")
     sampling.add_argument("--top-k", type=_positive_int, help="sample among the k most likely codes only")
     sampling.add_argument("--seed", type=_seed, default=0, help="seed of the Gumbel noise (default 0)")
     sampling.add_argument("--backend", choices=backends.SAMPLER.names(), help="sampler, same grids for the same seed: "
@@ -609,7 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_run_dir, metavar="DIR", help="where to write the report (default RUN_DIR; ./pegasus-evaluation for the shipped run)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the samples and the pair sample (default 0)")
-    p.add_argument("--temperature", type=_positive_float, default=1.0, help="sampling temperature (default 1.0)")
+    p.add_argument("--temperature", type=_positive_float, help="sampling temperature (default: the run's, from its "
+                   "sampling.json; 1.0 without one)")
     p.add_argument("--top-k", type=_positive_int, help="sample among the k most likely codes only")
     p.add_argument("--backend", choices=backends.SAMPLER.names(), help="sampler backend (default: the fastest available)")
     p.add_argument("--test-images", type=_positive_int, help="score only the first N test images (default all)")

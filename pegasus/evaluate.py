@@ -124,7 +124,7 @@ def evaluate_run(
     data: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     seed: int = 0,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     top_k: int | None = None,
     backend: str | None = None,
     batch_size: int = 256,
@@ -138,7 +138,8 @@ def evaluate_run(
     classifier: a Classifier, a folder written by `pegasus train-classifier`, or None for the one
     shipped in the package. n: samples and interpolated pairs per alpha. data: the data set, if
     not where the run's selection.json says. test_images: score only the first that many of the
-    test split (default all). The samples are those of `pegasus sample` with the same seed.
+    test split (default all). temperature None: the run's (RUN_DIR/sampling.json, else 1.0). The
+    samples are those of `pegasus sample` with the same seed and temperature.
     """
     from pegasus.pretrained import WEIGHTS_DIR
 
@@ -149,6 +150,7 @@ def evaluate_run(
     if not isinstance(classifier, Classifier):
         classifier = load_classifier(WEIGHTS_DIR if classifier is None else classifier, device)
     run = load_run(run_dir, device)
+    temperature = run.temperature if temperature is None else temperature
     record = read_selection(run_dir)
     try:
         ds, bird_ids, horse_ids = selected_images(run_dir, cache_dir, data)

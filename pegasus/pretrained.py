@@ -30,6 +30,7 @@ from pegasus.rundir import (
     PRIOR_CONFIG,
     PRIOR_EVAL,
     PRIOR_WEIGHTS,
+    SAMPLING,
     SELECTION,
     VQVAE_EVAL,
     VQVAE_WEIGHTS,
@@ -81,6 +82,7 @@ def export_run(run_dir: str | os.PathLike, dest: str | os.PathLike = WEIGHTS_DIR
         VQVAE_EVAL: None,
         PRIOR_EVAL: None,
         SELECTION: None,
+        SAMPLING: None,
     }
     for name, fields in keep.items():
         if not (run_dir / name).is_file():

@@ -27,6 +27,8 @@ stages wrote through this module alone, so they import it and the models, never 
   prior_eval.json                train-prior    held-out and training NLL per position
   prior_loss_curves.png          train-prior    training cross-entropy against step
   pegasi.png                     sample         the sample grid of the pipeline
+  sampling.json                  (by hand)      optional: the run's default sampling settings,
+                                                {"temperature": T}; without it T = 1.0
   evaluation.json                evaluate       the quality report (pegasus.evaluate); evaluation.png
                                                 its plot, evaluation_samples.png a grid per alpha
 
@@ -74,6 +76,7 @@ PRIOR_BEST = "prior_best.safetensors"
 PRIOR_EVAL = "prior_eval.json"
 PRIOR_CURVES = "prior_loss_curves.png"
 SAMPLES = "pegasi.png"
+SAMPLING = "sampling.json"
 EVALUATION = "evaluation.json"
 EVALUATION_PLOT = "evaluation.png"
 EVALUATION_SAMPLES = "evaluation_samples.png"
@@ -203,6 +206,43 @@ def selected_images(
     record = read_selection(run_dir)
     ds = load_dataset(data or record["data"], record["split"], cache_dir=cache_dir)
     return ds, check_ids(ds, "bird", record["birds"]["ids"]), check_ids(ds, "horse", record["horses"]["ids"])
+
+
+# --- sampling defaults ------------------------------------------------------------------------------
+
+DEFAULT_TEMPERATURE = 1.0
+
+
+def _temperature(t: Any, where: str) -> float:
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
+        raise CheckpointError(f"{where}: \"temperature\" should be a finite number > 0, got {t!r}")
+    return float(t)
+
+
+def read_sampling_defaults(run_dir: str | os.PathLike) -> dict[str, float]:
+    """The run's default sampling settings, {"temperature": T}: RUN_DIR/sampling.json when it
+    exists (chosen by the run's author, e.g. after `pegasus evaluate --temperature`), else T = 1.0.
+    A file that is not such a record raises CheckpointError naming it."""
+    path = Path(run_dir) / SAMPLING
+    if not path.is_file():
+        return {"temperature": DEFAULT_TEMPERATURE}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(record, dict) or "temperature" not in record or set(record) - {"temperature", "note"}:
+        raise CheckpointError(f"{path}: expected {{\"temperature\": T}} (and optionally \"note\"), got {record!r}")
+    return {"temperature": _temperature(record["temperature"], str(path))}
+
+
+def write_sampling_defaults(run_dir: str | os.PathLike, temperature: float, note: str | None = None) -> None:
+    """Write RUN_DIR/sampling.json: the temperature that `sample`, `generate`, `evaluate`, the
+    demo and Run.sample use when none is given (note: why, for whoever reads the file)."""
+    path = Path(run_dir) / SAMPLING
+    record: dict[str, Any] = {"temperature": _temperature(temperature, str(path))}
+    if note:
+        record["note"] = note
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 # --- latents --------------------------------------------------------------------------------------

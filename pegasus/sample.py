@@ -1,7 +1,7 @@
 """Stage 5, sampling: a finished run directory as one object (its VQ-VAE and prior), and images from it.
 
 >>> run = pegasus.load_run("runs/c10")
->>> images = run.sample(64, alpha=0.5, temperature=1.0, seed=0)   # uint8 [64, 3, 32, 32]
+>>> images = run.sample(64, alpha=0.5, seed=0)   # uint8 [64, 3, 32, 32], at the run's temperature
 """
 from __future__ import annotations
 
@@ -23,22 +23,30 @@ from pegasus.checkpoint import CheckpointError
 from pegasus.images import image_format, save_grid, to_uint8, whiteness
 from pegasus.models import VQVAE
 from pegasus.models.pixelcnn import GatedPixelCNN
-from pegasus.rundir import load_prior, load_vqvae
+from pegasus.rundir import DEFAULT_TEMPERATURE, load_prior, load_vqvae, read_sampling_defaults
 from pegasus.sampling import iter_sample_indices, sample_indices
 
 
 @dataclass
 class Run:
-    """run_dir, vqvae (eval mode) and prior (eval mode) of a trained run directory."""
+    """run_dir, vqvae (eval mode) and prior (eval mode) of a trained run directory, and the
+    temperature its samples are drawn at when a call names none (RUN_DIR/sampling.json, else 1.0)."""
 
     run_dir: Path
     vqvae: VQVAE
     prior: GatedPixelCNN
+    temperature: float = DEFAULT_TEMPERATURE
+
+    def _options(self, options: dict[str, Any]) -> dict[str, Any]:
+        if options.get("temperature") is None:
+            options["temperature"] = self.temperature
+        return options
 
     def sample_indices(self, n: int, alpha: float = 0.5, **options: Any) -> Tensor:
         """Code grids Tensor[n, h, w] int64 from the prior. options: the keywords of
-        `pegasus.sample_indices` (temperature, top_k, seed, noise, backend, batch_size)."""
-        return sample_indices(self.prior, n, alpha, **options)
+        `pegasus.sample_indices` (temperature, top_k, seed, noise, backend, batch_size);
+        temperature None or absent: the run's."""
+        return sample_indices(self.prior, n, alpha, **self._options(options))
 
     @torch.no_grad()
     def decode(self, indices: Tensor) -> Tensor:
@@ -49,7 +57,7 @@ class Run:
     def iter_samples(self, n: int, alpha: float = 0.5, **options: Any) -> Iterator[Tensor]:
         """`sample` one batch at a time (options["batch_size"]): uint8 Tensor[b, 3, H, W] per batch,
         in order. Arguments are checked at the call, before the first batch."""
-        return (self.decode(grids) for grids in iter_sample_indices(self.prior, n, alpha, **options))
+        return (self.decode(grids) for grids in iter_sample_indices(self.prior, n, alpha, **self._options(options)))
 
     def sample(self, n: int, alpha: float = 0.5, **options: Any) -> Tensor:
         """n sampled, decoded images: uint8 Tensor[n, 3, H, W] (options as `sample_indices`; with
@@ -67,8 +75,8 @@ def whitest(images: Tensor, n: int) -> Tensor:
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
-    """The VQ-VAE and the prior of RUN_DIR. A missing file raises CheckpointError naming it and
-    the command that makes it."""
+    """The VQ-VAE and the prior of RUN_DIR, and its default temperature (`read_sampling_defaults`).
+    A missing file raises CheckpointError naming it and the command that makes it."""
     run_dir = Path(run_dir)
     vqvae, prior = load_vqvae(run_dir, device), load_prior(run_dir, device)
     if prior.cfg.codes != vqvae.cfg.codes:
@@ -76,7 +84,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
             f"{run_dir}: the prior models {prior.cfg.codes} codes (prior_config.json) but the VQ-VAE has "
             f"{vqvae.cfg.codes} codes (config.json): they come from different runs"
         )
-    return Run(run_dir, vqvae, prior)
+    return Run(run_dir, vqvae, prior, **read_sampling_defaults(run_dir))
 
 
 MAX_GRID = 1024
@@ -103,7 +111,7 @@ def sample_to_file(
     n: int = 64,
     alpha: float = 0.5,
     *,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     top_k: int | None = None,
     seed: int = 0,
     backend: str | None = None,
@@ -114,7 +122,7 @@ def sample_to_file(
 ) -> dict[str, Any]:
     """Sample n images from RUN_DIR (or a loaded Run) and write them to `out` (see `output_kind`),
     `batch_size` at a time: memory grows with the batch, not with n (an image grid holds at most
-    MAX_GRID). best_of: sample that many and keep the n whitest (image grids only). Returns what was
+    MAX_GRID). temperature None: the run's. best_of: sample that many and keep the n whitest (image grids only). Returns what was
     done, the sampling time and the time per sampling step (one position of a whole batch)."""
     kind = output_kind(out)
     if best_of is not None and best_of < n:
@@ -150,6 +158,7 @@ def sample_to_file(
         "samples": total,
         "kept": n,
         "grid": list(grid),
+        "temperature": run.temperature if temperature is None else temperature,
         "sampling_s": timer["sampling_s"],
         "samples_per_s": total / timer["sampling_s"] if timer["sampling_s"] else None,
         "seconds_per_step": timer["sampling_s"] / (-(-total // (batch_size or total)) * grid[0] * grid[1]),

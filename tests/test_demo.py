@@ -93,6 +93,7 @@ def test_info_lists_the_backends_that_run_here(server):
     assert info["backends"] == backends.runnable(backends.SAMPLER, "cpu")[0]
     assert info["default_backend"] in info["backends"]
     assert info["grid"] == [8, 8] and info["max_samples"] == MAX_SAMPLES and "shipped" in info["run"]
+    assert info["temperature"] == server.runs.default.temperature
 
 
 def test_grid_is_the_librarys_samples_with_their_time(server, run):

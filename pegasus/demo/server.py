@@ -1,7 +1,7 @@
 """The demo's HTTP server: one page (index.html) and a small JSON API, on the standard library.
 
   GET  /             the page (one HTML file, its script and style inline: nothing from elsewhere)
-  GET  /api/info     the run, the sampler backends that run here, the limits
+  GET  /api/info     the run, its default temperature, the sampler backends that run here, the limits
   POST /api/grid     {run, n, alpha, temperature, top_k, seed, backend} -> the sample grid
   POST /api/strip    {run, temperature, top_k, seed, backend} -> sample 0 of the seed at alphas 0 .. 1
 
@@ -185,6 +185,7 @@ class DemoServer(ThreadingHTTPServer):
             "run": self.runs.label,
             "grid": list(run.prior.cfg.grid),
             "codes": run.prior.cfg.codes,
+            "temperature": run.temperature,
             "backends": self.backends,
             "backend_notes": self.backend_notes,
             "default_backend": self.default_backend,

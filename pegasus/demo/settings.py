@@ -25,12 +25,13 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """One request of the page. run: a run directory ("" = the server's own); top_k None = all codes."""
+    """One request of the page. run: a run directory ("" = the server's own); temperature None =
+    the run's (its sampling.json); top_k None = all codes."""
 
     run: str
     n: int
     alpha: float
-    temperature: float
+    temperature: float | None
     top_k: int | None
     seed: int
     backend: str
@@ -52,9 +53,11 @@ def _int(body: dict[str, Any], name: str, low: int, high: int, default: int | No
     return number
 
 
-def _float(body: dict[str, Any], name: str, default: float, expected: str, ok: Any) -> float:
+def _float(body: dict[str, Any], name: str, default: float | None, expected: str, ok: Any) -> float | None:
     value = body.get(name)
     if value is None or value == "":
+        if default is None:
+            return None
         value = default
     text = str(value).strip()
     try:
@@ -84,7 +87,7 @@ def parse_settings(body: Any, backends: list[str], default_backend: str) -> Sett
         run=run.strip(),
         n=_int(body, "n", 1, MAX_SAMPLES, default=16),
         alpha=_float(body, "alpha", 0.5, "a number in 0..1 (0 = bird, 1 = horse)", lambda a: 0 <= a <= 1),
-        temperature=_float(body, "temperature", 1.0, "a finite number > 0", lambda t: t > 0),
+        temperature=_float(body, "temperature", None, "a finite number > 0", lambda t: t > 0),
         top_k=_int(body, "top_k", 1, 2**31 - 1),
         seed=_int(body, "seed", 0, _MAX_SEED, default=0),
         backend=backend,
