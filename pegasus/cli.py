@@ -234,7 +234,7 @@ def _is_rank0() -> bool:
 def _cmd_train_vqvae(args: argparse.Namespace) -> int:
     from pegasus.train_vqvae import train_vqvae
 
-    model = {"codes": args.codes, "dim": args.dim, "restart_after": args.restart_after}
+    model = {"codes": args.codes, "dim": args.dim, "restart_after": args.restart_after, "levels": args.levels}
     if args.no_ema:
         model["ema"] = False
     summary = train_vqvae(
@@ -455,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive_float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--codes", type=_positive_int, help="codebook size K (default 512)")
     p.add_argument("--dim", type=_positive_int, help="code dimension D (default 64)")
+    p.add_argument("--levels", type=int, choices=[1, 2], help="code levels (default 1); 2: a top grid at 1/8 of the image "
+                   "side over a bottom one at 1/4, as in VQ-VAE-2, each with its own codebook (interpolation, the prior "
+                   "and sampling work on one level so far)")
     p.add_argument("--seed", type=_seed, help="seed of initialisation and batch order (default 0)")
     p.add_argument("--no-ema", action="store_true", help="learn the codebook by gradient instead of EMA updates")
     p.add_argument("--restart-after", type=_non_negative_int, help="re-seed codes unused for this many steps; 0 disables (default 2; raise it when a step holds few latents)")

@@ -53,7 +53,7 @@ from torch import Tensor
 from pegasus.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, load_tensors, load_weights, read_run_config
 from pegasus.data import ImageDataset, load_dataset
 from pegasus.data._dataset import SPLITS
-from pegasus.models import VQVAE, GatedPixelCNN, PixelCNNConfig, VQVAEConfig
+from pegasus.models import VQVAE, VQVAE2, GatedPixelCNN, PixelCNNConfig, VQVAEConfig, build_vqvae
 from pegasus.models.classifier import Classifier, ClassifierConfig
 
 CONFIG = "config.json"
@@ -127,11 +127,20 @@ def vqvae_config(run_dir: str | os.PathLike) -> VQVAEConfig:
         raise CheckpointError(f"{path}: cannot read the VQ-VAE config ({e})") from e
 
 
-def load_vqvae(run_dir: str | os.PathLike, device: str | torch.device = "cpu", backend: str | None = None) -> VQVAE:
-    """The trained VQ-VAE of RUN_DIR, in eval mode (`backend`: its nearest-code backend)."""
+def load_vqvae(
+    run_dir: str | os.PathLike, device: str | torch.device = "cpu", backend: str | None = None, two_levels: bool = False
+) -> VQVAE | VQVAE2:
+    """The trained VQ-VAE of RUN_DIR, in eval mode (`backend`: its nearest-code backend). A
+    two-level one (VQVAE2) only when the caller says it handles one (`two_levels`): interpolation,
+    the prior and sampling work on one code level so far, and say so instead of failing later."""
     require(run_dir, CONFIG, VQVAE_WEIGHTS)
     cfg = vqvae_config(run_dir)
-    model = VQVAE(cfg, backend=backend)
+    if cfg.levels == 2 and not two_levels:
+        raise CheckpointError(
+            f"{Path(run_dir) / CONFIG}: a two-level VQ-VAE (levels 2); interpolation, the prior and sampling "
+            "work on one-level runs so far (train-vqvae --levels 1)"
+        )
+    model = build_vqvae(cfg, backend=backend)
     load_weights(Path(run_dir) / VQVAE_WEIGHTS, model, config=cfg.to_dict())
     return model.to(device).eval()
 

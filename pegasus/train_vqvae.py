@@ -25,7 +25,7 @@ from pegasus.data import ImageDataset, load_dataset
 from pegasus.images import images_to_tensor, save_grid, save_loss_curves
 from pegasus.models.classifier import Classifier, perceptual_distance
 from pegasus.models.quantizer import code_perplexity
-from pegasus.models.vqvae import VQVAE, VQVAEConfig
+from pegasus.models.vqvae import VQVAE, VQVAE2, VQVAEConfig, build_vqvae
 from pegasus.rundir import CHECKPOINT, CONFIG, LOSS_CURVES, METRICS, RECONSTRUCTIONS, VQVAE_EVAL, VQVAE_WEIGHTS, load_classifier, load_vqvae
 from pegasus.training import TrainConfig, TrainingError, batch_indices, fit, global_slice, run_settings
 
@@ -52,7 +52,7 @@ class VQVAETrainConfig(TrainConfig):
     may_be_zero: ClassVar[tuple[str, ...]] = ("seed", "perceptual")
 
 
-def _loss(model: VQVAE, x: Tensor, variance: float, net: Classifier | None = None, weight: float = 0.0) -> dict[str, Tensor]:
+def _loss(model: VQVAE | VQVAE2, x: Tensor, variance: float, net: Classifier | None = None, weight: float = 0.0) -> dict[str, Tensor]:
     out = model(x)
     mse = torch.nn.functional.mse_loss(out.recon, x)
     parts = {
@@ -62,6 +62,8 @@ def _loss(model: VQVAE, x: Tensor, variance: float, net: Classifier | None = Non
         "perplexity": out.perplexity,
         "usage": out.usage,
     }
+    if out.top is not None:
+        parts["top_perplexity"], parts["top_usage"] = out.top.perplexity, out.top.usage
     if net is not None and weight > 0:
         parts["perceptual"] = perceptual_distance(net, out.recon, x)
         parts["loss"] = parts["loss"] + weight * parts["perceptual"]
@@ -69,35 +71,42 @@ def _loss(model: VQVAE, x: Tensor, variance: float, net: Classifier | None = Non
 
 
 @torch.no_grad()
-def evaluate(model: VQVAE, images: np.ndarray, device: torch.device, batch_size: int = 500) -> dict[str, float]:
-    """Test-split reconstruction MSE on [0, 1] pixels, perplexity and share of codes in use."""
+def evaluate(model: VQVAE | VQVAE2, images: np.ndarray, device: torch.device, batch_size: int = 500) -> dict[str, float]:
+    """Test-split reconstruction MSE on [0, 1] pixels, perplexity and codes in use (of the
+    bottom level; a two-level model adds the top level's as top_test_perplexity and
+    top_codes_in_use)."""
     model.eval()
-    counts = torch.zeros(model.cfg.codes, dtype=torch.int64, device=device)
+    counts = torch.zeros(model.cfg.levels, model.cfg.codes, dtype=torch.int64, device=device)
     sq_err, n_pix = 0.0, 0
     for i in range(0, len(images), batch_size):
         x = images_to_tensor(images[i : i + batch_size], device)
-        idx = model.quantize(model.encode(x))
-        recon = model.decode_indices(idx)
+        grids = model.codes(x)
+        recon = model.decode_codes(grids)
         sq_err += float(((recon - x) ** 2).sum())
         n_pix += x.numel()
-        counts += torch.bincount(idx.flatten(), minlength=model.cfg.codes)
-    return {
+        for level, idx in enumerate(grids):
+            counts[level] += torch.bincount(idx.flatten(), minlength=model.cfg.codes)
+    summary = {
         "test_mse": sq_err / n_pix,
-        "test_perplexity": float(code_perplexity(counts)),
-        "codes_in_use": int((counts > 0).sum()),
+        "test_perplexity": float(code_perplexity(counts[-1])),
+        "codes_in_use": int((counts[-1] > 0).sum()),
         "codes": model.cfg.codes,
         "test_images": len(images),
     }
+    if model.cfg.levels == 2:
+        summary["top_test_perplexity"] = float(code_perplexity(counts[0]))
+        summary["top_codes_in_use"] = int((counts[0] > 0).sum())
+    return summary
 
 
 @torch.no_grad()
-def save_reconstructions(model: VQVAE, images: np.ndarray, path: Path, ncol: int = 8) -> Path:
+def save_reconstructions(model: VQVAE | VQVAE2, images: np.ndarray, path: Path, ncol: int = 8) -> Path:
     """PNG of images (uint8 [N, H, W, 3]) in rows of `ncol`, each row followed by its reconstructions."""
     model.eval()
     device = next(model.parameters()).device
     ncol = min(ncol, len(images))
     x = images_to_tensor(images[: len(images) // ncol * ncol], device)
-    recon = model.decode_indices(model.quantize(model.encode(x)))
+    recon = model.decode_codes(model.codes(x))
     rows = torch.stack([x.view(-1, ncol, *x.shape[1:]), recon.view(-1, ncol, *x.shape[1:])], 1)
     return save_grid(rows.flatten(0, 2), path, nrow=ncol, scale=max(1, 96 // x.shape[-1]))
 
@@ -159,8 +168,10 @@ def _train_vqvae(
         train_ds = load_dataset(data, "train", cache_dir=cache_dir)
         test_ds = load_dataset(data, "test", cache_dir=cache_dir)
     h, w = train_ds.image_size
-    if h % model_cfg.downsample or w % model_cfg.downsample:
-        raise TrainingError(f"{data}: images are {h}x{w}, not multiples of the downsampling factor {model_cfg.downsample}")
+    factor = model_cfg.factors[0]  # the coarsest level's
+    if h % factor or w % factor:
+        levels = f" of the top level (--levels 2: twice --downsample {model_cfg.downsample})" if model_cfg.levels == 2 else ""
+        raise TrainingError(f"{data}: images are {h}x{w}, not multiples of the downsampling factor {factor}{levels}")
     config = stamp({"vqvae": model_cfg.to_dict(), "train": train_cfg.__dict__, "data": _dataset_info(train_ds), "world_size": dist.world})
 
     def write_config() -> None:
@@ -170,12 +181,13 @@ def _train_vqvae(
     dist.on_main(write_config)
 
     torch.manual_seed(train_cfg.seed)
-    model = VQVAE(model_cfg, backend=backend).to(device)
-    model.quantizer.sync = dist.active
+    model = build_vqvae(model_cfg, backend=backend).to(device)
+    for quantizer in model.quantizers:
+        quantizer.sync = dist.active
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=train_cfg.lr)
     step = 0
     if train_cfg.init and not resume:
-        start = load_vqvae(train_cfg.init)
+        start = load_vqvae(train_cfg.init, two_levels=True)
         if start.cfg != model_cfg:
             raise TrainingError(f"--init {train_cfg.init}: its VQ-VAE settings {start.cfg.to_dict()} differ from this run's {model_cfg.to_dict()}")
         model.load_state_dict(start.state_dict())
@@ -200,7 +212,8 @@ def _train_vqvae(
     records, step = fit(
         model, optimizer, step_loss, train_cfg, ckpt_path, out / METRICS, step, resume,
         desc="train-vqvae", unit="images", progress=progress, dist=dist, config=model_cfg.to_dict(),
-        postfix=[("loss", "loss", ".3f"), ("mse", "mse", ".4f"), ("ppl", "perplexity", ".0f"), ("img_s", "images_per_s", ".0f")],
+        postfix=[("loss", "loss", ".3f"), ("mse", "mse", ".4f"), ("ppl", "perplexity", ".0f")]
+        + ([("top_ppl", "top_perplexity", ".0f")] if model_cfg.levels == 2 else []) + [("img_s", "images_per_s", ".0f")],
     )
 
     def finish() -> dict[str, Any]:
@@ -215,7 +228,8 @@ def _train_vqvae(
             save_loss_curves(
                 records,
                 out / LOSS_CURVES,
-                {"loss": "loss (MSE/var + commitment)", "mse": "reconstruction MSE", "perplexity": "code perplexity"},
+                {"loss": "loss (MSE/var + commitment)", "mse": "reconstruction MSE", "perplexity": "code perplexity"}
+                | ({"top_perplexity": "top codes' perplexity"} if model_cfg.levels == 2 else {}),
             )
         return summary
 
