@@ -150,3 +150,19 @@ def test_96x96_stl10_format_trains_two_levels(tmp_path):
     model = load_vqvae(tmp_path / "run", two_levels=True)
     grids = model.codes(torch.rand(1, 3, 96, 96))
     assert [tuple(g.shape[-2:]) for g in grids] == [(12, 12), (24, 24)] and summary["test_images"] == 4
+
+
+def test_one_level_files_are_what_they_were_before_levels_existed(tmp_path):
+    """A one-level config leaves `levels` out, so config.json files and weights stamped with the
+    config before two-level models existed still load, and new one-level files look the same."""
+    from pegasus.checkpoint import atomic_write_text, save_weights
+
+    assert "levels" not in VQVAEConfig().to_dict() and SMALL.to_dict()["levels"] == 2
+    old = {k: v for k, v in VQVAEConfig(codes=16, dim=8, hidden=16, res_hidden=8).to_dict().items()}
+    model = VQVAE(VQVAEConfig(**old))
+    run = tmp_path / "old"
+    run.mkdir()
+    atomic_write_text(run / "config.json", json.dumps({"format": 1, "vqvae": old}))
+    save_weights(run / "vqvae.safetensors", model, metadata={"config": json.dumps(old)})
+    loaded = load_vqvae(run)
+    assert isinstance(loaded, VQVAE) and loaded.cfg.levels == 1

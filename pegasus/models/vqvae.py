@@ -46,7 +46,13 @@ class VQVAEConfig:
                 raise ValueError(f"{name} should be >= 1, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, without `levels` when it is 1: one-level runs' config.json and the configs
+        stamped in their weights stay what they were before two-level models existed, so runs
+        written before and after load and resume alike."""
+        fields = asdict(self)
+        if fields["levels"] == 1:
+            del fields["levels"]
+        return fields
 
     @property
     def factors(self) -> list[int]:
