@@ -27,10 +27,12 @@ from pegasus.rundir import (
     PRIOR_WEIGHTS,
     RECONSTRUCTIONS,
     SAMPLES,
+    SAMPLING,
     SELECTION,
     STRIPS,
     VQVAE_EVAL,
     VQVAE_WEIGHTS,
+    write_sampling_defaults,
 )
 from pegasus.sample import sample_to_file
 from pegasus.select import select_white, write_selection
@@ -57,6 +59,8 @@ FULL: dict[str, Any] = {
     "prior": {"channels": 96, "layers": 8},
     "prior_train": {"steps": 2600, "pretrain_steps": 1200, "checkpoint_every": 100},
     "samples": 64,
+    # Written to the run's sampling.json before its samples are drawn, as for the shipped run.
+    "temperature": 0.8,
 }
 
 
@@ -72,8 +76,9 @@ def run_pipeline(
 ) -> dict[str, str]:
     """Run every step that has not run yet into the run directory `out`; returns step -> "ran" or
     "skipped". `settings` (the keys of QUICK, and optionally "select": keywords of select_white
-    with "recognisable" for the auxiliary classifier, and "interpolate": keywords of interpolate)
-    replaces the FULL or QUICK settings. precision:
+    with "recognisable" for the auxiliary classifier, "interpolate": keywords of interpolate, and
+    "temperature": written to the run's sampling.json unless it has one) replaces the FULL or
+    QUICK settings. precision:
     "fp32" or "bf16" for both trainings (None: bf16 where supported, see pegasus.training)."""
     out = Path(out)
     cfg = settings if settings is not None else (QUICK if quick else FULL)
@@ -116,5 +121,10 @@ def run_pipeline(
         step("train-prior", [PRIOR_WEIGHTS, PRIOR_EVAL], lambda: train_prior(
             out, prior_cfg=cfg["prior"], train_cfg=cfg["prior_train"], device=dist.device,
             resume=dist.on_main(lambda: has_checkpoint(out / PRIOR_CHECKPOINT)), progress=progress), every_rank=True)
-        step("sample", [SAMPLES], lambda: sample_to_file(out, out / SAMPLES, n=cfg["samples"], device=dist.device))
+        def sample() -> None:
+            if "temperature" in cfg and not (out / SAMPLING).is_file():
+                write_sampling_defaults(out, cfg["temperature"], note="the pipeline's recipe (pegasus.pipeline.FULL)")
+            sample_to_file(out, out / SAMPLES, n=cfg["samples"], device=dist.device)
+
+        step("sample", [SAMPLES], sample)
     return done

@@ -20,6 +20,8 @@ import urllib.request
 
 import pytest
 
+import pegasus
+
 _CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 _DRIVER = shutil.which("chromedriver")
 
@@ -100,6 +102,8 @@ def test_slider_changes_the_grid_and_shows_the_time(browser, demo_url, tmp_path)
     grid, alpha = browser.find_element("id", "grid"), browser.find_element("id", "alpha")
     assert browser.find_element("id", "n").get_attribute("value") == "16"
     assert browser.find_element("id", "backend").get_attribute("value") == "cpu"
+    # The temperature starts at the run's own (its sampling.json), not at a constant of the page.
+    assert float(browser.find_element("id", "temperature").get_attribute("value")) == pegasus.pretrained().temperature
     # Slider to the horse end and back to the bird end, by keyboard as a user would: each move
     # fires the slider's change event, which samples a new grid of 16 at 8x8.
     latencies = []

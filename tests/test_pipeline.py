@@ -38,6 +38,24 @@ def test_pipeline_writes_everything_and_skips_done_steps(tiny_folder, tiny_run):
     assert ev["steps"] == 20 and ev["pairs"] == 64 and ev["heldout_grids"] == 6 * 11
 
 
+def test_the_recipes_temperature_is_written_and_sampled_at(tiny_folder, tiny_run, tmp_path):
+    from PIL import Image
+
+    from pegasus.rundir import read_sampling_defaults
+    from pegasus.sample import sample_to_file
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "pegasi.png").unlink()
+    done = pipeline.run_pipeline(tiny_folder, run, settings={**TINY_PIPELINE, "temperature": 0.5}, progress=False)
+    assert done["sample"] == "ran" and done["train-prior"] == "skipped"
+    assert read_sampling_defaults(run) == {"temperature": 0.5}
+    sample_to_file(run, tmp_path / "explicit.png", n=TINY_PIPELINE["samples"], temperature=0.5)
+    with Image.open(run / "pegasi.png") as a, Image.open(tmp_path / "explicit.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert "temperature" in pipeline.FULL and "temperature" not in pipeline.QUICK
+
+
 def test_interpolation_endpoints_are_the_quantised_picks(tiny_run):
     lat = read_latents(tiny_run)
     sel = json.loads((tiny_run / "selection.json").read_text())
