@@ -150,7 +150,7 @@ def evaluate_run(
     if not isinstance(classifier, Classifier):
         classifier = load_classifier(WEIGHTS_DIR if classifier is None else classifier, device)
     run = load_run(run_dir, device)
-    temperature = run.temperature if temperature is None else temperature
+    temperature = run.temperature_for(temperature)
     record = read_selection(run_dir)
     try:
         ds, bird_ids, horse_ids = selected_images(run_dir, cache_dir, data)

@@ -37,9 +37,12 @@ class Run:
     prior: GatedPixelCNN
     temperature: float = DEFAULT_TEMPERATURE
 
+    def temperature_for(self, temperature: float | None) -> float:
+        """The temperature a call samples at: the one it names, else the run's."""
+        return self.temperature if temperature is None else temperature
+
     def _options(self, options: dict[str, Any]) -> dict[str, Any]:
-        if options.get("temperature") is None:
-            options["temperature"] = self.temperature
+        options["temperature"] = self.temperature_for(options.get("temperature"))
         return options
 
     def sample_indices(self, n: int, alpha: float = 0.5, **options: Any) -> Tensor:
@@ -158,7 +161,7 @@ def sample_to_file(
         "samples": total,
         "kept": n,
         "grid": list(grid),
-        "temperature": run.temperature if temperature is None else temperature,
+        "temperature": run.temperature_for(temperature),
         "sampling_s": timer["sampling_s"],
         "samples_per_s": total / timer["sampling_s"] if timer["sampling_s"] else None,
         "seconds_per_step": timer["sampling_s"] / (-(-total // (batch_size or total)) * grid[0] * grid[1]),

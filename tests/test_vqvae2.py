@@ -158,7 +158,7 @@ def test_one_level_files_are_what_they_were_before_levels_existed(tmp_path):
     from pegasus.checkpoint import atomic_write_text, save_weights
 
     assert "levels" not in VQVAEConfig().to_dict() and SMALL.to_dict()["levels"] == 2
-    old = {k: v for k, v in VQVAEConfig(codes=16, dim=8, hidden=16, res_hidden=8).to_dict().items()}
+    old = VQVAEConfig(codes=16, dim=8, hidden=16, res_hidden=8).to_dict()
     model = VQVAE(VQVAEConfig(**old))
     run = tmp_path / "old"
     run.mkdir()

@@ -90,8 +90,7 @@ def _downsampling(channels: int, cfg: VQVAEConfig, factor: int) -> list[nn.Modul
 
 
 class Encoder(nn.Module):
-    """x: Tensor[B, 3, H, W] centred -> z_e: Tensor[B, D, H/f, W/f] (`features`: without the last
-    1x1 conv, Tensor[B, hidden, H/f, W/f])."""
+    """x: Tensor[B, 3, H, W] centred -> z_e: Tensor[B, D, H/f, W/f]."""
 
     def __init__(self, cfg: VQVAEConfig) -> None:
         super().__init__()
@@ -149,11 +148,11 @@ class VQVAE(nn.Module):
     def __init__(self, cfg: VQVAEConfig | None = None, backend: str | None = None, **kwargs) -> None:
         super().__init__()
         self.cfg = cfg if cfg is not None else VQVAEConfig(**kwargs)
+        if self.cfg.levels != 1:
+            raise ValueError(f"VQVAE is the one-level model; got a config with levels={self.cfg.levels} (use VQVAE2 or build_vqvae)")
         self.encoder = Encoder(self.cfg)
         self.quantizer = _quantizer(self.cfg, backend)
         self.decoder = Decoder(self.cfg)
-        if self.cfg.levels != 1:
-            raise ValueError(f"VQVAE is the one-level model; got a config with levels={self.cfg.levels} (use VQVAE2 or build_vqvae)")
 
     @property
     def quantizers(self) -> list[VectorQuantizer]:
