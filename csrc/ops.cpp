@@ -27,8 +27,12 @@ TORCH_LIBRARY(pegasus, m) {
 
   // The cached sampler of a GatedPixelCNN (pegasus/reference.py documents the state tensors,
   // pegasus/packed_prior.py the packed `weights`). Row start: every layer's vertical convolution
-  // over row `row`; writes v2h_row and the next layers' rows of v_state.
-  m.def("sample_row(Tensor(a!) v_state, Tensor(b!) v2h_row, Tensor[] weights, Tensor cond, int row) -> ()");
+  // over row `row`; writes v2h_row and the next layers' rows of v_state. cond [L, B, 2C] holds
+  // alpha's gate offsets; cond_map [L, B, H, W, 2C], when given, offsets per position (a bottom
+  // prior's top grid), added to cond's.
+  m.def(
+      "sample_row(Tensor(a!) v_state, Tensor(b!) v2h_row, Tensor[] weights, Tensor cond, int row, "
+      "Tensor? cond_map=None) -> ()");
   // One position: every layer's horizontal stack at (row, col), the logits [B, K], the Gumbel-max
   // code argmax(logits / temperature + noise) among the top_k largest logits (top_k <= 0: all),
   // and its embedding written into v_state and x_state. Returns (codes [B] int64, logits [B, K]).
@@ -40,7 +44,7 @@ TORCH_LIBRARY(pegasus, m) {
   // above through the dispatcher, which picks their kernel by the tensors' device.
   m.def(
       "sample_loop(Tensor[] weights, Tensor cond, Tensor noise, float temperature, int top_k, "
-      "bool return_logits) -> (Tensor, Tensor)");
+      "bool return_logits, Tensor? cond_map=None) -> (Tensor, Tensor)");
   // The build of the CPU step kernels' vector code this process runs: "avx512", "avx2" or
   // "default" (csrc/cpu/vec_kernels.cpp; ATEN_CPU_CAPABILITY lowers it). For `pegasus info`, benches.
   m.def("_cpu_capability() -> str", [] { return std::string(pegasus::cpu_capability()); });

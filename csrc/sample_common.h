@@ -82,6 +82,16 @@ inline void check_state(const char* name, const at::Tensor& t, const at::Tensor&
   TORCH_CHECK(t.is_contiguous(), "sampling: ", name, " should be contiguous");
 }
 
+// cond_map [L, B, H, W, 2C] (per-position gate offsets) for a batch of B and W columns, read at
+// row `row` < H; returns H.
+inline int64_t check_cond_map(const at::Tensor& cond_map, const PackedPrior& p, const at::Tensor& like,
+                              int64_t batch, int64_t width, int64_t row) {
+  TORCH_CHECK(cond_map.dim() == 5 && cond_map.size(2) > row, "sampling: cond_map should be [L, B, H, W, 2C] with H > row ",
+              row, ", got ", cond_map.sizes());
+  check_state("cond_map", cond_map, like, {p.layers, batch, cond_map.size(2), width, 2 * p.channels});
+  return cond_map.size(2);
+}
+
 // v_state [L, B, h+1, W+2h, C] gives B and W; returns them.
 inline std::pair<int64_t, int64_t> check_v_state(const at::Tensor& v_state, const PackedPrior& p,
                                                  const at::Tensor& like) {

@@ -22,7 +22,8 @@
 namespace pegasus {
 namespace {
 
-using RowFn = void(const at::Tensor&, const at::Tensor&, at::TensorList, const at::Tensor&, int64_t);
+using RowFn = void(const at::Tensor&, const at::Tensor&, at::TensorList, const at::Tensor&, int64_t,
+                   const std::optional<at::Tensor>&);
 using PositionFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                       at::TensorList, const at::Tensor&, double, int64_t, int64_t,
                                                       int64_t);
@@ -36,7 +37,7 @@ void check_interrupt() {
 
 std::tuple<at::Tensor, at::Tensor> sample_loop(at::TensorList weights, const at::Tensor& cond,
                                                const at::Tensor& noise, double temperature, int64_t top_k,
-                                               bool return_logits) {
+                                               bool return_logits, const std::optional<at::Tensor>& cond_map) {
   const PackedPrior p = check_weights(weights);
   const at::Tensor& like = weights[0];
   TORCH_CHECK(noise.dim() == 4 && noise.size(0) >= 1 && noise.size(1) >= 1 && noise.size(2) >= 1 &&
@@ -48,6 +49,7 @@ std::tuple<at::Tensor, at::Tensor> sample_loop(at::TensorList weights, const at:
               noise.scalar_type(), " on ", noise.device());
   const int64_t batch = noise.size(0), height = noise.size(1), width = noise.size(2);
   check_state("cond", cond, like, {p.layers, batch, 2 * p.channels});
+  if (cond_map) check_state("cond_map", *cond_map, like, {p.layers, batch, height, width, 2 * p.channels});
   TORCH_CHECK(std::isfinite(temperature) && temperature > 0, "sample_loop: temperature should be > 0, got ",
               temperature);
   auto& dispatcher = c10::Dispatcher::singleton();
@@ -66,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor> sample_loop(at::TensorList weights, const at:
   if (Py_IsInitialized() && PyGILState_Check()) no_gil.emplace();
   for (int64_t i = 0; i < height; ++i) {
     check_interrupt();
-    row_op.call(v_state, v2h_row, weights, cond, i);
+    row_op.call(v_state, v2h_row, weights, cond, i, cond_map);
     x_state.zero_();
     for (int64_t j = 0; j < width; ++j) {
       auto [codes, step_logits] =

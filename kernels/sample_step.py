@@ -130,7 +130,7 @@ def _load_vec(ptr, n0, n, BLOCK: tl.constexpr):
     return tl.load(ptr + n0 + cs, mask=cs < n, other=0.0)
 
 
-@triton.jit(do_not_specialize=["layer", "slot0", "slot_out"])
+@triton.jit(do_not_specialize=["layer", "slot0", "slot_out", "row"])
 def _sample_row_kernel(
     v_ptr,
     v2h_ptr,
@@ -139,6 +139,9 @@ def _sample_row_kernel(
     wvh_ptr,
     bhv_ptr,
     cond_ptr,
+    map_ptr,
+    map_rows,
+    row,
     B,
     W,
     C,
@@ -149,6 +152,7 @@ def _sample_row_kernel(
     KW: tl.constexpr,
     H: tl.constexpr,
     GATE: tl.constexpr,
+    HAS_MAP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
     KC: tl.constexpr,
@@ -176,6 +180,10 @@ def _sample_row_kernel(
     cond = cond_ptr + lb[:, None] * c2 + cs[None, :]
     cond_f = tl.load(cond, mask=mc_mask, other=0.0)
     cond_g = tl.load(cond + C, mask=mc_mask, other=0.0)
+    if HAS_MAP:  # cond_map[layer, b, row, j]: this position's own offsets, added to alpha's
+        here = map_ptr + ((lb * map_rows + row) * W + j)[:, None] * c2 + cs[None, :]
+        cond_f += tl.load(here, mask=mc_mask, other=0.0)
+        cond_g += tl.load(here + C, mask=mc_mask, other=0.0)
     if GATE:  # the next layer's vertical input at this row: v_state[layer + 1][b, slot_out, h + j]
         nxt = v_ptr + ((((lb + B) * (H + 1) + slot_out) * padded + H + j) * C)[:, None] + cs[None, :]
         tl.store(nxt, _gate(f + cond_f, g + cond_g), mask=mc_mask)
@@ -361,17 +369,26 @@ def _check_row_col(op: str, row: int, col: int, width: int) -> None:
         _fail(op, "col", f"in [0, W={width})", col)
 
 
-def sample_row(v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Tensor, row: int) -> None:
+def sample_row(
+    v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Tensor, row: int, cond_map: Tensor | None = None
+) -> None:
     """Launch `_sample_row_kernel` once per layer: `pegasus.reference.sample_row`, in place.
 
-    v_state: Tensor[L, B, h+1, W+2h, C], v2h_row: Tensor[L, B, W, 2C], cond: Tensor[L, B, 2C], all
-    contiguous, float32 or float64 like the packed weights, on CUDA (or CPU under TRITON_INTERPRET=1).
+    v_state: Tensor[L, B, h+1, W+2h, C], v2h_row: Tensor[L, B, W, 2C], cond: Tensor[L, B, 2C],
+    cond_map: None or Tensor[L, B, H, W, 2C] with H > row, all contiguous, float32 or float64 like
+    the packed weights, on CUDA (or CPU under TRITON_INTERPRET=1).
     """
     op = "sample_row (triton)"
     layers, batch, h, width, c, _ = _check_common(op, v_state, weights)
     _check_tensor(op, "v2h_row", v2h_row, (layers, batch, width, 2 * c), v_state.dtype, v_state.device)
     _check_tensor(op, "cond", cond, (layers, batch, 2 * c), v_state.dtype, v_state.device)
     _check_row_col(op, row, 0, width)
+    map_rows = 0
+    if cond_map is not None:
+        map_rows = cond_map.shape[2] if cond_map.dim() == 5 else 0
+        if map_rows <= row:
+            _fail(op, "cond_map", f"[L, B, H, W, 2C] with H > row {row}", tuple(cond_map.shape))
+        _check_tensor(op, "cond_map", cond_map, (layers, batch, map_rows, width, 2 * c), v_state.dtype, v_state.device)
     if batch == 0:
         return
     grid = (triton.cdiv(batch * width, _BLOCK_M),)
@@ -379,8 +396,9 @@ def sample_row(v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Te
     for l in range(layers):
         wv, bv, _, wvh, bhv, _, _ = packed_prior.layer(weights, l)
         _sample_row_kernel[grid](
-            v_state, v2h_row, wv, bv, wvh, bhv, cond, batch, width, c, l, (row - h) % (h + 1), row % (h + 1),
-            ROWS=h if l == 0 else h + 1, KW=2 * h + 1, H=h, GATE=l + 1 < layers, BLOCK_M=_BLOCK_M, BLOCK_C=block_c, KC=_KC, DOT=_DOT, num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
+            v_state, v2h_row, wv, bv, wvh, bhv, cond, cond if cond_map is None else cond_map, map_rows, row,
+            batch, width, c, l, (row - h) % (h + 1), row % (h + 1),
+            ROWS=h if l == 0 else h + 1, KW=2 * h + 1, H=h, GATE=l + 1 < layers, HAS_MAP=cond_map is not None, BLOCK_M=_BLOCK_M, BLOCK_C=block_c, KC=_KC, DOT=_DOT, num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
         )
 
 

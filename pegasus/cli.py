@@ -193,14 +193,18 @@ def _bench_sampler(args: argparse.Namespace) -> int:
 
     if args.shape:
         raise ValueError("--shape is for nearest-code; the sampler's cases are set by --quick")
-    cases = sampler.QUICK_CASES if args.quick else sampler.FULL_CASES
+    if args.levels == 2:
+        cases = sampler.TWO_LEVEL_CASES[:1] if args.quick else sampler.TWO_LEVEL_CASES
+    else:
+        cases = sampler.QUICK_CASES if args.quick else sampler.FULL_CASES
     records, notes = sampler.run(cases, device=args.device, min_run_time=args.min_run_time,
-                                 progress=lambda line: print(line, file=sys.stderr))
-    print(sampler.header(args.device))
+                                 progress=lambda line: print(line, file=sys.stderr), levels=args.levels)
+    print(sampler.header(args.device, args.levels))
     print(sampler.format_table(records))
     if any(r.naive_rows_timed for r in records):
-        print("note: the naive sampler at 24x24 was timed over its first row and scaled by the row count "
-              "(each naive step is one full pass over the grid, so every row costs the same)")
+        rows = max(r.naive_rows_timed or 0 for r in records)
+        print(f"note: the naive sampler at 24x24 was timed over its first {rows} row(s) (two levels: and half as many "
+              "top rows) and scaled by the row count (each naive step is one full pass over the grid, so every row costs the same)")
     return _bench_notes_and_json(args, records, notes)
 
 
@@ -293,6 +297,8 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
 def _cmd_train_prior(args: argparse.Namespace) -> int:
     from pegasus.train_prior import train_prior
 
+    from pegasus.rundir import prior_dir
+
     prior = {"channels": args.channels, "layers": args.layers, "kernel": args.kernel}
     if args.unconditional:
         prior["conditional"] = False
@@ -302,11 +308,12 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
         train_cfg=_train_settings(args, "held_out", "pretrain_steps"),
         device=_device(args.device),
         resume=args.resume,
+        level=args.level,
     )
     if not _is_rank0():
         return 0
     print(json.dumps(summary, indent=2))
-    print(f"wrote {args.run_dir}/: prior.safetensors prior_config.json prior_eval.json prior_metrics.jsonl prior_loss_curves.png")
+    print(f"wrote {prior_dir(args.run_dir, args.level)}/: prior.safetensors prior_config.json prior_eval.json prior_metrics.jsonl prior_loss_curves.png")
     return 0
 
 
@@ -347,6 +354,7 @@ def _sample(run: object, out: str, args: argparse.Namespace, say_where: bool) ->
     summary = sample_to_file(
         run, out, n=args.n, alpha=args.alpha, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
         backend=args.backend, best_of=args.best_of, batch_size=args.batch_size, progress=_is_rank0() and sys.stderr.isatty(),
+        keep_top=args.keep_top, keep_bottom=args.keep_bottom,
     )
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
     if say_where:
@@ -372,7 +380,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from pegasus.pipeline import run_pipeline
 
     t0 = time.perf_counter()
-    done = run_pipeline(args.data, args.out, quick=args.quick, precision=args.precision,
+    done = run_pipeline(args.data, args.out, quick=args.quick, precision=args.precision, levels=args.levels,
                         log=lambda m: print(f"pipeline: {m}", file=sys.stderr))
     if not _is_rank0():
         return 0
@@ -439,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", type=_shape, action="append", metavar="NxKxD", help="benchmark this shape instead (repeatable)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
     p.add_argument("--min-run-time", type=_positive_float, default=1.0, metavar="S", help="seconds of timing per measurement (default 1)")
+    p.add_argument("--levels", type=int, choices=[1, 2], default=1, help="sampler: 2 times two-level sampling (a top grid "
+                   "of half the side, then the bottom grid given it): 4x4+8x8 and 12x12+24x24, batch 16 (default 1)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser(
@@ -538,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default 250)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda when present")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/prior_checkpoint.safetensors")
+    p.add_argument("--level", choices=["bottom", "top"], default="bottom", help="bottom (default): the run's prior; for a "
+                   "two-level run, of its bottom grids, conditioned on alpha and the top grids. top: a two-level run's "
+                   "top prior, written to RUN_DIR/top/")
     _add_precision(p)
     p.set_defaults(func=_cmd_train_prior)
 
@@ -574,6 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--batch-size", type=_positive_int, default=256, metavar="B",
                           help="samples drawn at a time (default 256): memory grows with B, not with n; sample i "
                           "is the same whatever B")
+    sampling.add_argument("--keep-top", metavar="FROM.png", help="two-level runs: every sample keeps the top codes (the "
+                          "shape) of this picture, encoded by the run's VQ-VAE; only the bottom codes (the texture) are sampled")
+    sampling.add_argument("--keep-bottom", metavar="FROM.png", help="two-level runs: every sample keeps this picture's "
+                          "bottom codes; only the top codes are sampled")
 
     p = sub.add_parser(
         "sample",
@@ -630,6 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data set path (see `pegasus data`)")
     p.add_argument("--out", required=True, type=_run_dir, metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--quick", action="store_true", help="tiny settings that finish in a few minutes on a CPU")
+    p.add_argument("--levels", type=int, choices=[1, 2], default=1, help="code levels (default 1); 2: a two-level "
+                   "VQ-VAE (VQ-VAE-2) with a top prior and a bottom prior conditioned on the top codes")
     _add_precision(p)
     p.set_defaults(func=_cmd_pipeline)
 

@@ -112,7 +112,7 @@ def _reconstruct(run: Run, images: np.ndarray, batch_size: int = 500) -> Tensor:
     out = []
     for i in range(0, len(images), batch_size):
         x = images_to_tensor(images[i : i + batch_size], device)
-        out.append(to_uint8(run.vqvae.decode_indices(run.vqvae.quantize(run.vqvae.encode(x)))).cpu())
+        out.append(to_uint8(run.vqvae.decode_codes(run.vqvae.codes(x))).cpu())
     return torch.cat(out)
 
 
@@ -185,7 +185,7 @@ def evaluate_run(
     shown: dict[str, Tensor] = {}
     for k, alpha in enumerate(alphas):
         key = _key(alpha)
-        table["interpolation"][key] = score(_nhwc(run.decode(grids[:, k])))
+        table["interpolation"][key] = score(_nhwc(run.decode([level[:, k] for level in grids])))
         samples = run.sample(n, alpha, seed=seed, temperature=temperature, top_k=top_k, backend=backend, batch_size=batch_size)
         table["samples"][key] = score(_nhwc(samples))
         shown[key] = samples[:16]

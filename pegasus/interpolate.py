@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from pegasus.images import images_to_tensor, save_grid
-from pegasus.models import VQVAE
+from pegasus.models import VQVAE, VQVAE2
 from pegasus.data import ImageDataset
 from pegasus.rundir import STRIPS, class_index, load_vqvae, read_selection, selected_images, write_class_latents, write_latents
 
@@ -90,40 +90,53 @@ def region_field(pair_ids: np.ndarray, grid: tuple[int, int], seed: int) -> Tens
 
 @torch.no_grad()
 def interpolate_codes(
-    model: VQVAE, z_birds: Tensor, z_horses: Tensor, pairs: np.ndarray, alphas: list[float], batch: int = 64,
+    model: VQVAE | VQVAE2, z_birds: Tensor, z_horses: Tensor, pairs: np.ndarray, alphas: list[float], batch: int = 64,
     mode: str = "linear", field: Tensor | None = None,
-) -> Tensor:
-    """z_birds Tensor[Nb, D, h, w], z_horses Tensor[Nh, D, h, w], pairs [P, 2] positions ->
-    code grids Tensor[P, A, h, w] of the `mode` mix of z_bird and z_horse at each alpha (field:
-    Tensor[P, 1, 1, h, w] for "regions", default `region_field(pairs, ...)` with seed 0)."""
+) -> list[Tensor]:
+    """z_birds Tensor[Nb, D, h, w], z_horses Tensor[Nh, D, h, w] (`model.encode`'s latents), pairs
+    [P, 2] positions -> per code level (`model.latent_codes`: [grid] for a VQVAE, [top, bottom] for
+    a VQVAE2) the code grids Tensor[P, A, h_l, w_l] of the `mode` mix of z_bird and z_horse at each
+    alpha (field: Tensor[P, 1, 1, h, w] for "regions", default `region_field(pairs, ...)`, seed 0)."""
     if mode not in MODES:
         raise ValueError(f"interpolation mode should be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "regions" and field is None:
         field = region_field(pairs, tuple(z_birds.shape[-2:]), 0)
     a = torch.tensor(alphas, dtype=z_birds.dtype, device=z_birds.device)[None, :, None, None, None]
-    out = []
+    out: list[list[Tensor]] = []
     for start in range(0, len(pairs), batch):
         p = torch.from_numpy(pairs[start : start + batch]).to(z_birds.device)
         f = None if field is None else field[start : start + batch].to(z_birds.device)
         z = mix(z_birds[p[:, 0], None], z_horses[p[:, 1], None], a, mode, f)  # [b, A, D, h, w]
-        out.append(model.quantize(z.flatten(0, 1)).view(len(p), len(alphas), *z.shape[-2:]))
-    return torch.cat(out)
+        out.append([g.view(len(p), len(alphas), *g.shape[-2:]) for g in model.latent_codes(z.flatten(0, 1))])
+    return [torch.cat(level) for level in zip(*out)]
 
 
 @torch.no_grad()
-def encode_classes(model: VQVAE, ds: ImageDataset, batch: int = 500) -> dict[str, Tensor]:
+def encode_classes(model: VQVAE | VQVAE2, ds: ImageDataset, batch: int = 500) -> dict[str, Tensor]:
     """Code grids of every bird (alpha 0) and horse (alpha 1) of `ds` and of their mirror images:
-    {"indices": Tensor[N, h, w] int64, "alphas": Tensor[N] float32}."""
+    {"indices": Tensor[N, h, w] int64, "alphas": Tensor[N] float32}, and "top": Tensor[N, h/2, w/2]
+    for a two-level model (`level_tensors`)."""
     device = next(model.parameters()).device
-    grids, alphas = [], []
+    grids: list[list[Tensor]] = []
+    alphas = []
     for alpha, name in ((0.0, "bird"), (1.0, "horse")):
         members = np.flatnonzero(ds.labels == class_index(ds, name))
         for start in range(0, len(members), batch):
             x = images_to_tensor(ds.images[members[start : start + batch]], device)
             for view in (x, x.flip(-1)):
-                grids.append(model.quantize(model.encode(view)).cpu())
+                grids.append([g.cpu() for g in model.codes(view)])
                 alphas.append(torch.full((len(x),), alpha))
-    return {"indices": torch.cat(grids), "alphas": torch.cat(alphas)}
+    return {**level_tensors([torch.cat(level) for level in zip(*grids)]), "alphas": torch.cat(alphas)}
+
+
+def level_tensors(levels: list[Tensor]) -> dict[str, Tensor]:
+    """The grids of every code level as latents files store them: the finest level under "indices"
+    (the grids the prior of a one-level run, or the bottom prior of a two-level one, models), the
+    top level of a two-level run under "top"."""
+    if len(levels) == 1:
+        return {"indices": levels[0]}
+    top, bottom = levels
+    return {"indices": bottom, "top": top}
 
 
 def interpolate(
@@ -160,17 +173,19 @@ def interpolate(
     ids = np.stack([np.asarray(bird_ids)[where[:, 0]], np.asarray(horse_ids)[where[:, 1]]], axis=1)
     # The region map of a pair is a function of its ids, so its mirror shares it, mirrored.
     field = region_field(ids, tuple(z_b.shape[-2:]), seed) if mode == "regions" else None
-    indices = interpolate_codes(model, z_b, z_h, where, alphas, mode=mode, field=field).cpu()
+    levels = [g.cpu() for g in interpolate_codes(model, z_b, z_h, where, alphas, mode=mode, field=field)]
     mirrored = torch.zeros(len(where), dtype=torch.bool)
     if mirror:
         with torch.no_grad():
             zf_b, zf_h = model.encode(bird_x.flip(-1)), model.encode(horse_x.flip(-1))
         flipped = None if field is None else field.flip(-1)
-        indices = torch.cat([indices, interpolate_codes(model, zf_b, zf_h, where, alphas, mode=mode, field=flipped).cpu()])
+        more = interpolate_codes(model, zf_b, zf_h, where, alphas, mode=mode, field=flipped)
+        levels = [torch.cat([g, m.cpu()]) for g, m in zip(levels, more)]
         ids = np.concatenate([ids, ids])
         mirrored = torch.cat([mirrored, torch.ones(len(where), dtype=torch.bool)])
+    indices = levels[-1]
     tensors = {
-        "indices": indices,
+        **level_tensors(levels),
         "alphas": torch.tensor(alphas, dtype=torch.float32),
         "pairs": torch.from_numpy(ids),
         "mirrored": mirrored,
@@ -183,7 +198,8 @@ def interpolate(
     # Pairs spread evenly over the list, so the strips show different birds, not the first bird 8 times.
     shown = np.unique(np.linspace(0, len(where) - 1, min(8, len(where))).round().astype(np.int64))
     with torch.no_grad():
-        decoded = model.decode_indices(indices[shown].flatten(0, 1).to(device)).view(len(shown), len(alphas), *bird_x.shape[1:])
+        shown_levels = [g[shown].flatten(0, 1).to(device) for g in levels]
+        decoded = model.decode_codes(shown_levels).view(len(shown), len(alphas), *bird_x.shape[1:])
     strips = torch.cat([bird_x[where[shown, 0], None], decoded.clamp(0, 1), horse_x[where[shown, 1], None]], dim=1)
     save_grid(strips.flatten(0, 1), run_dir / STRIPS, nrow=len(alphas) + 2, scale=max(1, 64 // bird_x.shape[-1]))
-    return {"pairs": len(where), "mirror": mirror, "mode": mode, "class_grids": class_grids, "alphas": alphas, "grid": list(indices.shape[-2:]), "grids": int(indices.shape[0]) * len(alphas)}
+    return {"pairs": len(where), "mirror": mirror, "mode": mode, "class_grids": class_grids, "alphas": alphas, "grid": list(indices.shape[-2:]), "grids": int(indices.shape[0]) * len(alphas), "levels": len(levels)}

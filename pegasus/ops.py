@@ -39,7 +39,9 @@ if _extension.has_cpp_ops():
     # The cached-sampling ops (schemas: csrc/ops.cpp; state layouts: pegasus/reference.py). The
     # step ops only write their state arguments in place.
     @torch.library.register_fake("pegasus::sample_row")
-    def _sample_row_fake(v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Tensor, row: int) -> None:
+    def _sample_row_fake(
+        v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Tensor, row: int, cond_map: Tensor | None = None
+    ) -> None:
         torch._check(v_state.dim() == 5, lambda: f"sample_row: v_state should be 5-D, got {v_state.dim()}-D")
 
     @torch.library.register_fake("pegasus::sample_position")
@@ -53,7 +55,8 @@ if _extension.has_cpp_ops():
 
     @torch.library.register_fake("pegasus::sample_loop")
     def _sample_loop_fake(
-        weights: list[Tensor], cond: Tensor, noise: Tensor, temperature: float, top_k: int, return_logits: bool
+        weights: list[Tensor], cond: Tensor, noise: Tensor, temperature: float, top_k: int, return_logits: bool,
+        cond_map: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         torch._check(noise.dim() == 4, lambda: f"sample_loop: noise should be [B, H, W, K], got {noise.dim()}-D")
         batch, height, width, codes = noise.shape
@@ -131,12 +134,16 @@ def _step_backend(backend: str | None, device: torch.device, dtype: torch.dtype)
     return name
 
 
-def sample_row(v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Tensor, row: int, backend: str | None = None) -> None:
+def sample_row(
+    v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Tensor, row: int, cond_map: Tensor | None = None,
+    backend: str | None = None,
+) -> None:
     """Row start of the cached sampling loop, in place (`pegasus.reference.sample_row` documents it)."""
     name = _step_backend(backend, v_state.device, v_state.dtype)
+    args = (v_state, v2h_row, weights, cond, row, cond_map)
     if name == "reference":
-        return reference.sample_row(v_state, v2h_row, weights, cond, row)
-    return _kernel(backends.SAMPLER, name, "sample_row", v_state.device)(v_state, v2h_row, weights, cond, row)
+        return reference.sample_row(*args)
+    return _kernel(backends.SAMPLER, name, "sample_row", v_state.device)(*args)
 
 
 def sample_position(
@@ -152,7 +159,7 @@ def sample_position(
     return _kernel(backends.SAMPLER, name, "sample_position", v_state.device)(*args)
 
 
-def _check_sample_loop_inputs(weights: list[Tensor], cond: Tensor, noise: Tensor, temperature: float) -> None:
+def _check_sample_loop_inputs(weights: list[Tensor], cond: Tensor, noise: Tensor, temperature: float, cond_map: Tensor | None) -> None:
     """The checks the C++ loop makes (csrc/sample_loop.cpp), made here for every backend."""
     layers = packed_prior.num_layers(weights)
     like = weights[0]
@@ -163,29 +170,34 @@ def _check_sample_loop_inputs(weights: list[Tensor], cond: Tensor, noise: Tensor
         raise ValueError(f"sample_loop: noise should be {like.dtype} on {like.device} like the weights, got {noise.dtype} on {noise.device}")
     if tuple(cond.shape) != (layers, noise.shape[0], 2 * channels) or cond.dtype != like.dtype:
         raise ValueError(f"sample_loop: cond should be {like.dtype} [L={layers}, B={noise.shape[0]}, 2C={2 * channels}], got {cond.dtype} {tuple(cond.shape)}")
+    if cond_map is not None and (tuple(cond_map.shape) != (layers, *noise.shape[:3], 2 * channels) or cond_map.dtype != like.dtype):
+        want = [layers, *noise.shape[:3], 2 * channels]
+        raise ValueError(f"sample_loop: cond_map should be {like.dtype} [L, B, H, W, 2C] = {want}, got {cond_map.dtype} {tuple(cond_map.shape)}")
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"sample_loop: temperature should be a finite number > 0, got {temperature}")
 
 
 def sample_loop(
     weights: list[Tensor], cond: Tensor, noise: Tensor, temperature: float, top_k: int, return_logits: bool = False,
-    backend: str | None = None,
+    cond_map: Tensor | None = None, backend: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The cached raster loop over the step ops of `backend`: noise Tensor[B, H, W, K] ->
     (grid Tensor[B, H, W] int64, logits Tensor[B, H, W, K] when return_logits, else empty).
+    cond_map: None, or per-position gate offsets Tensor[L, B, H, W, 2C] (a bottom prior's top grid,
+    `GatedPixelCNN.sampling_conditioning_map`), read by the row steps.
 
     "reference" is `pegasus.reference.sample_loop` over the reference steps; "triton" on CPU
     tensors is that same Python loop over the Triton launchers; every other backend is the C++
     loop (`pegasus::sample_loop`), whose step calls the dispatcher sends to the device's kernels.
     """
-    _check_sample_loop_inputs(weights, cond, noise, temperature)
+    _check_sample_loop_inputs(weights, cond, noise, temperature, cond_map)
     name = _step_backend(backend, noise.device, weights[0].dtype)
     if name == "reference":
-        return reference.sample_loop(weights, cond, noise, temperature, top_k, return_logits)
+        return reference.sample_loop(weights, cond, noise, temperature, top_k, return_logits, cond_map)
     row_step = _launcher(backends.SAMPLER, name, "sample_row", noise.device)
     if row_step is not None:
         position_step = _launcher(backends.SAMPLER, name, "sample_position", noise.device)
         return reference.sample_loop(
-            weights, cond, noise, temperature, top_k, return_logits, row_step=row_step, position_step=position_step
+            weights, cond, noise, temperature, top_k, return_logits, cond_map, row_step=row_step, position_step=position_step
         )
-    return torch.ops.pegasus.sample_loop(weights, cond, noise, temperature, top_k, return_logits)
+    return torch.ops.pegasus.sample_loop(weights, cond, noise, temperature, top_k, return_logits, cond_map)

@@ -1,4 +1,5 @@
-"""The whole method in one call: train-vqvae, select, interpolate, train-prior, sample.
+"""The whole method in one call: train-vqvae, select, interpolate, train-prior, sample (with
+levels=2: a two-level VQ-VAE, then its top prior and its bottom prior).
 
 A step is skipped when all its output files exist (every file is written atomically, so an
 existing file is a complete one); a training step that left a checkpoint but no final weights is
@@ -32,6 +33,7 @@ from pegasus.rundir import (
     STRIPS,
     VQVAE_EVAL,
     VQVAE_WEIGHTS,
+    prior_dir,
     write_sampling_defaults,
 )
 from pegasus.sample import sample_to_file
@@ -73,15 +75,22 @@ def run_pipeline(
     log: Callable[[str], None] = lambda message: None,
     settings: dict[str, Any] | None = None,
     precision: str | None = None,
+    levels: int = 1,
 ) -> dict[str, str]:
     """Run every step that has not run yet into the run directory `out`; returns step -> "ran" or
     "skipped". `settings` (the keys of QUICK, and optionally "select": keywords of select_white
     with "recognisable" for the auxiliary classifier, "interpolate": keywords of interpolate, and
     "temperature": written to the run's sampling.json unless it has one) replaces the FULL or
     QUICK settings. precision:
-    "fp32" or "bf16" for both trainings (None: bf16 where supported, see pegasus.training)."""
+    "fp32" or "bf16" for both trainings (None: bf16 where supported, see pegasus.training).
+    levels: 2 for a two-level VQ-VAE (VQ-VAE-2), whose top prior (RUN_DIR/top/, the prior's
+    settings) is trained before its bottom prior."""
     out = Path(out)
+    if levels not in (1, 2):
+        raise ValueError(f"levels should be 1 or 2, got {levels}")
     cfg = settings if settings is not None else (QUICK if quick else FULL)
+    if levels == 2:
+        cfg = {**cfg, "vqvae": {**cfg["vqvae"], "levels": 2}}
     if precision is not None:
         cfg = {**cfg, "vqvae_train": {**cfg["vqvae_train"], "precision": precision},
                "prior_train": {**cfg["prior_train"], "precision": precision}}
@@ -118,9 +127,13 @@ def run_pipeline(
 
         step("select", [SELECTION, CONTACT_SHEET], select)
         step("interpolate", [LATENTS, STRIPS], lambda: interpolate(out, device=dist.device, **cfg.get("interpolate", {})))
-        step("train-prior", [PRIOR_WEIGHTS, PRIOR_EVAL], lambda: train_prior(
-            out, prior_cfg=cfg["prior"], train_cfg=cfg["prior_train"], device=dist.device,
-            resume=dist.on_main(lambda: has_checkpoint(out / PRIOR_CHECKPOINT)), progress=progress), every_rank=True)
+        for level in ("top", "bottom")[2 - levels :]:
+            folder = prior_dir(out, level).relative_to(out)
+            step("train-prior" + ("-top" if level == "top" else ""), [str(folder / PRIOR_WEIGHTS), str(folder / PRIOR_EVAL)],
+                 lambda level=level: train_prior(
+                     out, prior_cfg=cfg["prior"], train_cfg=cfg["prior_train"], device=dist.device, level=level,
+                     resume=dist.on_main(lambda: has_checkpoint(prior_dir(out, level) / PRIOR_CHECKPOINT)), progress=progress),
+                 every_rank=True)
         def sample() -> None:
             if "temperature" in cfg and not (out / SAMPLING).is_file():
                 write_sampling_defaults(out, cfg["temperature"], note="the pipeline's recipe (pegasus.pipeline.FULL)")

@@ -89,6 +89,9 @@ def settle_overflow_rows(z: Tensor, codebook: Tensor, indices: Tensor, min_sq_di
 #   v2h_row  Tensor[L, B, W, 2C]         the current row's part of every horizontal pre-activation
 #            that does not depend on the row's codes: v_to_h(vertical stack) + biases + alpha.
 #   cond     Tensor[L, B, 2C]            alpha's gate offsets (GatedPixelCNN.sampling_conditioning).
+#   cond_map Tensor[L, B, H, W, 2C]      or None: gate offsets per position, added to cond's: the
+#            top grid's, for the bottom prior of a two-level model (sampling_conditioning_map),
+#            computed once before the loop; only the row step reads it (into v2h_row and the gates).
 
 
 def _gate_last(a: Tensor) -> Tensor:
@@ -97,7 +100,9 @@ def _gate_last(a: Tensor) -> Tensor:
     return torch.tanh(f) * torch.sigmoid(g)
 
 
-def sample_row(v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Tensor, row: int) -> None:
+def sample_row(
+    v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Tensor, row: int, cond_map: Tensor | None = None
+) -> None:
     """Row start of the cached loop, in place: for every layer l, its vertical convolution over row
     `row` from rows row-h..row of v_state[l]; writes v2h_row[l] and, for l < L-1, the gated vertical
     stack of row `row` into v_state[l+1] (slot row % (h+1)). Shapes as in the comment above."""
@@ -110,9 +115,10 @@ def sample_row(v_state: Tensor, v2h_row: Tensor, weights: list[Tensor], cond: Te
         src = v_state[l][:, [(row - h + r) % ring for r in range(rows)]]  # [B, rows, W+2h, C]
         patches = src.unfold(2, k, 1).permute(0, 2, 1, 4, 3).reshape(batch, width, rows * k * c)
         v_pre = patches @ wv + bv  # [B, W, 2C]
-        v2h_row[l] = v_pre @ wvh + bhv + cond[l][:, None, :]
+        add = cond[l][:, None, :] if cond_map is None else cond[l][:, None, :] + cond_map[l, :, row]
+        v2h_row[l] = v_pre @ wvh + bhv + add
         if l + 1 < layers:
-            v_state[l + 1][:, row % ring, h : h + width] = _gate_last(v_pre + cond[l][:, None, :])
+            v_state[l + 1][:, row % ring, h : h + width] = _gate_last(v_pre + add)
 
 
 def choose_codes(logits: Tensor, noise: Tensor, temperature: float, top_k: int) -> Tensor:
@@ -182,19 +188,20 @@ def sample_loop(
     temperature: float,
     top_k: int,
     return_logits: bool,
+    cond_map: Tensor | None = None,
     row_step: Callable[..., None] = sample_row,
     position_step: Callable[..., tuple[Tensor, Tensor]] = sample_position,
 ) -> tuple[Tensor, Tensor]:
     """The cached raster loop, by default over the reference step ops (`row_step` and
     `position_step` take other kernels of the same ops: pegasus.ops runs the Triton ones so on CPU
-    tensors). noise: Tensor[B, H, W, K] -> (grid Tensor[B, H, W] int64, logits Tensor[B, H, W, K]
-    when return_logits, else empty)."""
+    tensors). noise: Tensor[B, H, W, K], cond_map: Tensor[L, B, H, W, 2C] or None -> (grid
+    Tensor[B, H, W] int64, logits Tensor[B, H, W, K] when return_logits, else empty)."""
     batch, height, width, codes = noise.shape
     v_state, x_state, v2h_row = new_sampling_state(weights, batch, height, width)
     grid = torch.zeros(batch, height, width, dtype=torch.int64, device=noise.device)
     logits = weights[0].new_empty((batch, height, width, codes) if return_logits else (0,))
     for i in range(height):
-        row_step(v_state, v2h_row, weights, cond, i)
+        row_step(v_state, v2h_row, weights, cond, i, cond_map)
         x_state.zero_()
         for j in range(width):
             grid[:, i, j], step_logits = position_step(v_state, x_state, v2h_row, weights, noise[:, i, j], temperature, top_k, i, j)

@@ -15,10 +15,12 @@ stages wrote through this module alone, so they import it and the models, never 
   selection.json                 select         data set (as given), split, bird and horse ids, scores
   selection.png                  select         contact sheet of the picks
   latents.safetensors            interpolate    indices int64 [P, A, h, w], alphas float32 [A],
-                                                pairs int64 [P, 2] (bird id, horse id), mirrored bool [P]
+                                                pairs int64 [P, 2] (bird id, horse id), mirrored bool [P];
+                                                a two-level run adds top int64 [P, A, h/2, w/2]
   interpolation.png              interpolate    one strip per shown pair: bird, decoded alphas, horse
   class_latents.safetensors      interpolate    (--class-grids) indices int64 [N, h, w] of every bird
                                                 and horse of the split and their mirrors, alphas [N]
+                                                (and top [N, h/2, w/2] for a two-level run)
   prior_config.json              train-prior    prior, training and latents settings (like config.json)
   prior_checkpoint.safetensors   train-prior    as checkpoint.safetensors
   prior_metrics.jsonl            train-prior    loss (nats), bits, grids_per_s every log_every steps
@@ -26,6 +28,9 @@ stages wrote through this module alone, so they import it and the models, never 
   prior.safetensors              train-prior    final weights: those of prior_best.safetensors
   prior_eval.json                train-prior    held-out and training NLL per position
   prior_loss_curves.png          train-prior    training cross-entropy against step
+  top/prior_*                    train-prior    a two-level run's top prior (--level top), the same
+                                 --level top    files; the run's own prior_* files are then its bottom
+                                                prior, conditioned on the top grids
   pegasi.png                     sample         the sample grid of the pipeline
   sampling.json                  (by hand)      optional: the run's default sampling settings,
                                                 {"temperature": T}; without it T = 1.0
@@ -127,19 +132,11 @@ def vqvae_config(run_dir: str | os.PathLike) -> VQVAEConfig:
         raise CheckpointError(f"{path}: cannot read the VQ-VAE config ({e})") from e
 
 
-def load_vqvae(
-    run_dir: str | os.PathLike, device: str | torch.device = "cpu", backend: str | None = None, two_levels: bool = False
-) -> VQVAE | VQVAE2:
-    """The trained VQ-VAE of RUN_DIR, in eval mode (`backend`: its nearest-code backend). A
-    two-level one (VQVAE2) only when the caller says it handles one (`two_levels`): interpolation,
-    the prior and sampling work on one code level so far, and say so instead of failing later."""
+def load_vqvae(run_dir: str | os.PathLike, device: str | torch.device = "cpu", backend: str | None = None) -> VQVAE | VQVAE2:
+    """The trained VQ-VAE of RUN_DIR (a VQVAE, or a VQVAE2 for a two-level run), in eval mode
+    (`backend`: its nearest-code backend)."""
     require(run_dir, CONFIG, VQVAE_WEIGHTS)
     cfg = vqvae_config(run_dir)
-    if cfg.levels == 2 and not two_levels:
-        raise CheckpointError(
-            f"{Path(run_dir) / CONFIG}: a two-level VQ-VAE (levels 2); interpolation, the prior and sampling "
-            "work on one-level runs so far (train-vqvae --levels 1)"
-        )
     model = build_vqvae(cfg, backend=backend)
     load_weights(Path(run_dir) / VQVAE_WEIGHTS, model, config=cfg.to_dict())
     return model.to(device).eval()
@@ -278,7 +275,21 @@ def read_latents(run_dir: str | os.PathLike) -> dict[str, Tensor]:
     if ind.numel() and (int(ind.min()) < 0 or (codes is not None and int(ind.max()) >= codes)):
         bad = int(ind.min()) if int(ind.min()) < 0 else int(ind.max())
         raise CheckpointError(f"{path}: holds code {bad}, outside the VQ-VAE's 0..{(codes or 1) - 1} (config.json)")
+    _check_top_grids(path, tensors, codes)
     return tensors
+
+
+def _check_top_grids(path: Path, tensors: dict[str, Tensor], codes: int | None) -> None:
+    """A two-level run's latents also hold "top": int64 grids of half the height and width of
+    "indices", one for each of its grids."""
+    top, ind = tensors.get("top"), tensors["indices"]
+    if top is None:
+        return
+    want = (*ind.shape[:-2], ind.shape[-2] // 2, ind.shape[-1] // 2)
+    if top.dtype != torch.int64 or tuple(top.shape) != want:
+        raise CheckpointError(f"{path}: top should be int64 grids {list(want)} (half the indices' grids), got {top.dtype} {list(top.shape)}")
+    if top.numel() and (int(top.min()) < 0 or (codes is not None and int(top.max()) >= codes)):
+        raise CheckpointError(f"{path}: top holds codes outside the VQ-VAE's 0..{(codes or 1) - 1} (config.json)")
 
 
 def write_class_latents(run_dir: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, str]) -> None:
@@ -298,6 +309,7 @@ def read_class_latents(run_dir: str | os.PathLike) -> dict[str, Tensor]:
     codes = _codes_if_known(run_dir)
     if ind.numel() and (int(ind.min()) < 0 or (codes is not None and int(ind.max()) >= codes)):
         raise CheckpointError(f"{path}: holds codes outside the VQ-VAE's 0..{(codes or 1) - 1} (config.json)")
+    _check_top_grids(path, tensors, codes)
     return tensors
 
 
@@ -326,9 +338,21 @@ def _load_model(folder: str | os.PathLike, config_name: str, weights_name: str, 
     return model.to(device).eval()
 
 
-def load_prior(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> GatedPixelCNN:
-    """The trained prior of RUN_DIR, in eval mode."""
-    return _load_model(run_dir, PRIOR_CONFIG, PRIOR_WEIGHTS, "prior", PixelCNNConfig, GatedPixelCNN, device)
+PRIOR_LEVELS = ("bottom", "top")
+"""The priors of a run: "bottom", its prior (of a one-level run, the only one); "top", the top
+prior of a two-level run, whose files are in RUN_DIR/top/."""
+
+
+def prior_dir(run_dir: str | os.PathLike, level: str = "bottom") -> Path:
+    """The folder holding the prior_* files of `level` (PRIOR_LEVELS)."""
+    if level not in PRIOR_LEVELS:
+        raise ValueError(f"level should be one of {', '.join(PRIOR_LEVELS)}, got {level!r}")
+    return Path(run_dir) / "top" if level == "top" else Path(run_dir)
+
+
+def load_prior(run_dir: str | os.PathLike, device: str | torch.device = "cpu", level: str = "bottom") -> GatedPixelCNN:
+    """The trained prior of RUN_DIR at `level` (PRIOR_LEVELS), in eval mode."""
+    return _load_model(prior_dir(run_dir, level), PRIOR_CONFIG, PRIOR_WEIGHTS, "prior", PixelCNNConfig, GatedPixelCNN, device)
 
 
 # --- classifier -----------------------------------------------------------------------------------

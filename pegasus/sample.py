@@ -21,21 +21,29 @@ from tqdm.auto import tqdm
 
 from pegasus.checkpoint import CheckpointError
 from pegasus.images import image_format, save_grid, to_uint8, whiteness
-from pegasus.models import VQVAE
+from pegasus.models import VQVAE, VQVAE2
 from pegasus.models.pixelcnn import GatedPixelCNN
-from pegasus.rundir import DEFAULT_TEMPERATURE, load_prior, load_vqvae, read_sampling_defaults
+from pegasus.rundir import DEFAULT_TEMPERATURE, PRIOR_CONFIG, load_prior, load_vqvae, read_sampling_defaults
 from pegasus.sampling import iter_sample_indices, sample_indices
 
 
 @dataclass
 class Run:
     """run_dir, vqvae (eval mode) and prior (eval mode) of a trained run directory, and the
-    temperature its samples are drawn at when a call names none (RUN_DIR/sampling.json, else 1.0)."""
+    temperature its samples are drawn at when a call names none (RUN_DIR/sampling.json, else 1.0).
+    A two-level run (VQVAE2) also has top_prior: its grids are sampled top first (top_prior), then
+    bottom (prior, conditioned on the top grids)."""
 
     run_dir: Path
-    vqvae: VQVAE
+    vqvae: VQVAE | VQVAE2
     prior: GatedPixelCNN
     temperature: float = DEFAULT_TEMPERATURE
+    top_prior: GatedPixelCNN | None = None
+
+    @property
+    def levels(self) -> int:
+        """1, or 2 for a two-level run."""
+        return 1 if self.top_prior is None else 2
 
     def temperature_for(self, temperature: float | None) -> float:
         """The temperature a call samples at: the one it names, else the run's."""
@@ -46,26 +54,119 @@ class Run:
         return options
 
     def sample_indices(self, n: int, alpha: float = 0.5, **options: Any) -> Tensor:
-        """Code grids Tensor[n, h, w] int64 from the prior. options: the keywords of
-        `pegasus.sample_indices` (temperature, top_k, seed, noise, backend, batch_size);
-        temperature None or absent: the run's."""
+        """Code grids Tensor[n, h, w] int64 from the prior of a one-level run (a two-level run's
+        grids: `sample_codes`). options: the keywords of `pegasus.sample_indices` (temperature,
+        top_k, seed, noise, backend, batch_size); temperature None or absent: the run's."""
+        if self.levels != 1:
+            raise ValueError(f"{self.run_dir} is a two-level run: sample_codes gives its [top, bottom] grids")
         return sample_indices(self.prior, n, alpha, **self._options(options))
 
+    def sample_codes(self, n: int, alpha: float = 0.5, *, top: Tensor | None = None, bottom: Tensor | None = None,
+                     **options: Any) -> list[Tensor]:
+        """The code grids of n samples, one Tensor[n, h_l, w_l] int64 per level (`VQVAE.codes`' order:
+        [grid], or [top, bottom] for a two-level run). options as `sample_indices` (no noise=).
+
+        Two-level runs only: top, Tensor[n, h/2, w/2] or one grid [h/2, w/2] for all: keep these top
+        grids (the global shape) and sample only the bottom ones (the texture) given them; bottom,
+        Tensor[n, h, w] or [h, w]: keep these bottom grids and sample new top grids for them. Sample
+        i's top grid comes from the seed's noise stream 0, its bottom grid from stream 1
+        (`gumbel_noise`), so a kept level leaves the other level's draws as they were."""
+        self._check_level_options(top, bottom, options)
+        if self.levels == 1:
+            return [self.sample_indices(n, alpha, **options)]
+        options = self._options(options)
+        tops = self._top_grids(n, alpha, top, options)
+        if bottom is not None:
+            return [tops, _kept(bottom, n, self.prior.cfg.grid, "bottom").to(tops.device)]
+        return [tops, sample_indices(self.prior, n, alpha, top=tops, stream=1, **options)]
+
+    def _check_level_options(self, top: Tensor | None, bottom: Tensor | None, options: dict[str, Any]) -> None:
+        if self.levels == 1:
+            if top is not None or bottom is not None:
+                raise ValueError(f"{self.run_dir} is a one-level run: top= and bottom= need a two-level run (train-vqvae --levels 2)")
+            return
+        if "noise" in options:
+            raise ValueError("noise= is for one prior (pegasus.sample_indices); a two-level run draws both levels' noise from seed=")
+        if top is not None and bottom is not None:
+            raise ValueError("keep top= or bottom=, not both: there would be nothing left to sample")
+
+    def _top_grids(self, n: int, alpha: float, top: Tensor | None, options: dict[str, Any]) -> Tensor:
+        """The n top grids of a two-level sample: the kept ones, else drawn from the top prior."""
+        if top is None:
+            return sample_indices(self.top_prior, n, alpha, **options)
+        return _kept(top, n, self.top_prior.cfg.grid, "top").to(_device(self.top_prior))
+
     @torch.no_grad()
-    def decode(self, indices: Tensor) -> Tensor:
-        """Code grids Tensor[n, h, w] -> uint8 images Tensor[n, 3, H, W]."""
-        device = next(self.vqvae.parameters()).device
-        return to_uint8(self.vqvae.decode_indices(indices.to(device))).cpu()
+    def encode(self, images: Tensor) -> list[Tensor]:
+        """uint8 images Tensor[n, 3, H, W] (the run's image size) -> their code grids, one Tensor per
+        level (`VQVAE.codes`), e.g. to keep a picture's top grid: `run.sample(8, top=run.encode(x)[0])`."""
+        device = _device(self.vqvae)
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images should be uint8 [n, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        return [g.cpu() for g in self.vqvae.codes(images.to(device).float() / 255)]
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor | list[Tensor]) -> Tensor:
+        """Code grids (a Tensor[n, h, w] of a one-level run, or `sample_codes`' list) -> uint8 images
+        Tensor[n, 3, H, W]."""
+        device = _device(self.vqvae)
+        levels = [codes] if isinstance(codes, Tensor) else list(codes)
+        return to_uint8(self.vqvae.decode_codes([g.to(device) for g in levels])).cpu()
 
     def iter_samples(self, n: int, alpha: float = 0.5, **options: Any) -> Iterator[Tensor]:
         """`sample` one batch at a time (options["batch_size"]): uint8 Tensor[b, 3, H, W] per batch,
         in order. Arguments are checked at the call, before the first batch."""
-        return (self.decode(grids) for grids in iter_sample_indices(self.prior, n, alpha, **self._options(options)))
+        top, bottom = options.pop("top", None), options.pop("bottom", None)
+        self._check_level_options(top, bottom, options)
+        if self.levels == 1:
+            return (self.decode(grids) for grids in iter_sample_indices(self.prior, n, alpha, **self._options(options)))
+        options = self._options(options)
+        # The top grids of all n first (h/2 x w/2 codes each: small), then the bottom ones batch by batch.
+        tops = self._top_grids(n, alpha, top, options)
+        if bottom is not None:
+            bottoms = _kept(bottom, n, self.prior.cfg.grid, "bottom")
+            batch = options.get("batch_size") or n
+            return (self.decode([tops[i : i + batch], bottoms[i : i + batch]]) for i in range(0, n, batch))
+        return self._decode_batches(tops, iter_sample_indices(self.prior, n, alpha, top=tops, stream=1, **options))
+
+    def _decode_batches(self, tops: Tensor, bottoms: Iterator[Tensor]) -> Iterator[Tensor]:
+        first = 0
+        for grids in bottoms:
+            yield self.decode([tops[first : first + len(grids)], grids])
+            first += len(grids)
 
     def sample(self, n: int, alpha: float = 0.5, **options: Any) -> Tensor:
-        """n sampled, decoded images: uint8 Tensor[n, 3, H, W] (options as `sample_indices`; with
-        batch_size, the noise and decoding go batch by batch, only the images are kept whole)."""
+        """n sampled, decoded images: uint8 Tensor[n, 3, H, W] (options as `sample_indices`, and
+        top= / bottom= of `sample_codes` for a two-level run; with batch_size, the noise and
+        decoding go batch by batch, only the images are kept whole)."""
         return torch.cat(list(self.iter_samples(n, alpha, **options)))
+
+    @property
+    def grids(self) -> list[tuple[int, int]]:
+        """The (h, w) of every level's grid, top first."""
+        return [p.cfg.grid for p in (self.top_prior, self.prior) if p is not None]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The (H, W) of the run's images: its finest grid times the VQ-VAE's downsampling."""
+        h, w = self.prior.cfg.grid
+        return h * self.vqvae.cfg.downsample, w * self.vqvae.cfg.downsample
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _kept(grids: Tensor, n: int, grid: tuple[int, int], name: str) -> Tensor:
+    """Grids a caller keeps: Tensor[n, h, w] or one [h, w] for all n, int64 -> Tensor[n, h, w]."""
+    if not isinstance(grids, Tensor) or grids.dtype != torch.int64 or tuple(grids.shape[-2:]) != tuple(grid) or grids.dim() not in (2, 3):
+        got = f"{grids.dtype} {list(grids.shape)}" if isinstance(grids, Tensor) else type(grids).__name__
+        raise ValueError(f"{name} should be int64 code grids [n, {grid[0]}, {grid[1]}] or one [{grid[0]}, {grid[1]}], got {got}")
+    if grids.dim() == 2:
+        return grids.expand(n, *grid)
+    if len(grids) != n:
+        raise ValueError(f"{name} holds {len(grids)} grids for n={n} samples")
+    return grids
 
 
 def whitest(images: Tensor, n: int) -> Tensor:
@@ -78,16 +179,30 @@ def whitest(images: Tensor, n: int) -> Tensor:
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
-    """The VQ-VAE and the prior of RUN_DIR, and its default temperature (`read_sampling_defaults`).
-    A missing file raises CheckpointError naming it and the command that makes it."""
+    """The VQ-VAE and the prior of RUN_DIR (the top prior too, RUN_DIR/top/, for a two-level run),
+    and its default temperature (`read_sampling_defaults`). A missing file raises CheckpointError
+    naming it and the command that makes it."""
     run_dir = Path(run_dir)
     vqvae, prior = load_vqvae(run_dir, device), load_prior(run_dir, device)
-    if prior.cfg.codes != vqvae.cfg.codes:
-        raise CheckpointError(
-            f"{run_dir}: the prior models {prior.cfg.codes} codes (prior_config.json) but the VQ-VAE has "
-            f"{vqvae.cfg.codes} codes (config.json): they come from different runs"
-        )
-    return Run(run_dir, vqvae, prior, **read_sampling_defaults(run_dir))
+    for p, where in ((prior, PRIOR_CONFIG),):
+        if p.cfg.codes != vqvae.cfg.codes:
+            raise CheckpointError(
+                f"{run_dir}: the prior models {p.cfg.codes} codes ({where}) but the VQ-VAE has "
+                f"{vqvae.cfg.codes} codes (config.json): they come from different runs"
+            )
+    top_prior = None
+    if vqvae.cfg.levels == 2:
+        top_prior = load_prior(run_dir, device, "top")
+        if not prior.cfg.top_codes or top_prior.cfg.top_codes or top_prior.cfg.codes != vqvae.cfg.codes:
+            raise CheckpointError(
+                f"{run_dir}: a two-level VQ-VAE needs a bottom prior conditioned on the top grids ({PRIOR_CONFIG}, "
+                f"train-prior) and a top prior (top/{PRIOR_CONFIG}, train-prior --level top) of its {vqvae.cfg.codes} codes"
+            )
+        if tuple(2 * g for g in top_prior.cfg.grid) != tuple(prior.cfg.grid):
+            raise CheckpointError(f"{run_dir}: the top prior's grid {list(top_prior.cfg.grid)} is not half the bottom prior's {list(prior.cfg.grid)}")
+    elif prior.cfg.top_codes:
+        raise CheckpointError(f"{run_dir}: {PRIOR_CONFIG} is a bottom prior (conditioned on top grids) but the VQ-VAE has one level")
+    return Run(run_dir, vqvae, prior, top_prior=top_prior, **read_sampling_defaults(run_dir))
 
 
 MAX_GRID = 1024
@@ -122,10 +237,15 @@ def sample_to_file(
     batch_size: int | None = 256,
     progress: bool = False,
     device: str | torch.device = "cpu",
+    keep_top: str | os.PathLike | None = None,
+    keep_bottom: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Sample n images from RUN_DIR (or a loaded Run) and write them to `out` (see `output_kind`),
     `batch_size` at a time: memory grows with the batch, not with n (an image grid holds at most
-    MAX_GRID). temperature None: the run's. best_of: sample that many and keep the n whitest (image grids only). Returns what was
+    MAX_GRID). temperature None: the run's. best_of: sample that many and keep the n whitest (image grids only).
+    keep_top / keep_bottom (two-level runs): a picture whose top grid (its shape) / bottom grid (its
+    texture) every sample keeps, the other level being sampled (`Run.sample_codes`); it is encoded
+    by the run's VQ-VAE, resized to the run's image size first if it differs. Returns what was
     done, the sampling time and the time per sampling step (one position of a whole batch)."""
     kind = output_kind(out)
     if best_of is not None and best_of < n:
@@ -138,9 +258,17 @@ def sample_to_file(
             f"an image grid holds at most {MAX_GRID} samples, asked for {total}; write a directory (--out DIR) "
             "or an .npz (--out FILE.npz) instead"
         )
+    if keep_top is not None and keep_bottom is not None:
+        raise ValueError("--keep-top and --keep-bottom: keep one level, the other is sampled")
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir, device)
+    kept: dict[str, Tensor] = {}
+    for level, picture in (("top", keep_top), ("bottom", keep_bottom)):
+        if picture is not None:
+            if run.levels != 2:
+                raise ValueError(f"--keep-{level} needs a two-level run (train-vqvae --levels 2); {run.run_dir} has one level")
+            kept[level] = run.encode(read_picture(picture, run.image_size)[None])[0 if level == "top" else 1][0]
     batches = run.iter_samples(total, alpha, temperature=temperature, top_k=top_k, seed=seed, backend=backend,
-                               batch_size=batch_size)
+                               batch_size=batch_size, **kept)
     bar = tqdm(total=total, desc="sample", unit="img", disable=not progress, dynamic_ncols=True)
     timer = {"sampling_s": 0.0}
     batches = _timed(batches, timer, bar)
@@ -154,18 +282,36 @@ def sample_to_file(
     else:
         _write_dir(batches, Path(out))
     bar.close()
-    grid = run.prior.cfg.grid
-    return {
+    # the positions sampled per sample: every level's, but a kept level's
+    positions = sum(h * w for (h, w), level in zip(run.grids, ("top", "bottom")[2 - run.levels :]) if level not in kept)
+    summary = {
         "out": str(out),
         "format": kind,
         "samples": total,
         "kept": n,
-        "grid": list(grid),
+        "grid": list(run.prior.cfg.grid),
         "temperature": run.temperature_for(temperature),
         "sampling_s": timer["sampling_s"],
         "samples_per_s": total / timer["sampling_s"] if timer["sampling_s"] else None,
-        "seconds_per_step": timer["sampling_s"] / (-(-total // (batch_size or total)) * grid[0] * grid[1]),
+        "seconds_per_step": timer["sampling_s"] / (-(-total // (batch_size or total)) * positions),
     }
+    if run.levels == 2:
+        summary["top_grid"] = list(run.top_prior.cfg.grid)
+        summary.update({f"kept_{level}": str(path) for level, path in (("top", keep_top), ("bottom", keep_bottom)) if path is not None})
+    return summary
+
+
+def read_picture(path: str | os.PathLike, size: tuple[int, int]) -> Tensor:
+    """The picture at `path` as uint8 Tensor[3, H, W] of `size` (H, W): resized when it differs.
+    ValueError naming the file when it is not an image PIL reads."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a picture this can read ({e})") from e
+    if im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
 
 
 def _timed(batches: Iterator[Tensor], timer: dict[str, float], bar: tqdm) -> Iterator[Tensor]:

@@ -42,17 +42,21 @@ def gumbel_noise(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     first: int = 0,
+    stream: int = 0,
 ) -> Tensor:
     """Standard Gumbel noise of samples first .. first+n-1 of `seed`: Tensor[n, H, W, codes].
 
     Sample i's noise is its own stream, a function of (seed, i, H, W, codes) alone: drawn on the CPU
     from a generator seeded by numpy's SeedSequence([seed, i]) (so the caller's RNG is untouched,
     every device gets the same numbers, and sample i is the same whether it is drawn alone, in a
-    batch of any size or as part of any n), then moved to `device`."""
+    batch of any size or as part of any n), then moved to `device`. stream: 0, or another of sample
+    i's independent streams, SeedSequence([seed, i, stream]) (a two-level run draws its bottom grids
+    from stream 1, so that they do not reuse the numbers of their top grids)."""
     out = torch.empty((n, *grid, codes), dtype=dtype)
     gen = torch.Generator()
     for k in range(n):
-        gen.manual_seed(int(np.random.SeedSequence([seed, first + k]).generate_state(1, np.uint64)[0] >> np.uint64(1)))
+        entropy = [seed, first + k] + ([stream] if stream else [])
+        gen.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1)))
         u = torch.rand((*grid, codes), generator=gen, dtype=torch.float64)
         # u = 0 would give -inf; the smallest positive double keeps every code possible.
         out[k] = u.clamp_(min=torch.finfo(torch.float64).tiny).log_().neg_().log_().neg_()
@@ -66,8 +70,10 @@ def check_sampling_args(
     temperature: float,
     top_k: int | None,
     noise: Tensor | None,
+    top: Tensor | None = None,
 ) -> tuple[int, int]:
     """Validate the arguments every backend shares; returns the grid (H, W) to sample.
+    top: the top grids Tensor[n, H/2, W/2] int64 a bottom prior (cfg.top_codes) is conditioned on.
 
     Refused up front, because the backends would answer differently: NaN or inf in the prior's
     parameters (the reference multiplies masked-out weights and not-yet-sampled positions by zero,
@@ -92,8 +98,28 @@ def check_sampling_args(
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k should be an integer >= 1 or None, got {top_k!r}")
     _check_finite_prior(prior)
-    if noise is None:
-        return prior.cfg.grid
+    grid = prior.cfg.grid if noise is None else _noise_grid(prior, n, noise)
+    _check_top(prior, n, top, grid)
+    return grid
+
+
+def _check_top(prior: GatedPixelCNN, n: int, top: Tensor | None, grid: tuple[int, int]) -> None:
+    if not prior.cfg.top_codes:
+        if top is not None:
+            raise ValueError("top: this prior is not conditioned on top codes (a one-level prior, or a two-level run's top prior)")
+        return
+    want = (n, grid[0] // 2, grid[1] // 2)
+    if top is None:
+        raise ValueError(f"this is a bottom prior: it needs the top grids it is conditioned on, top= int64 {list(want)}")
+    if grid[0] % 2 or grid[1] % 2:
+        raise ValueError(f"a bottom prior samples grids of even height and width (twice the top grid's), got {list(grid)}")
+    if top.dtype != torch.int64 or tuple(top.shape) != want:
+        raise ValueError(f"top should be int64 code grids {list(want)}, got {top.dtype} {list(top.shape)}")
+    if top.numel() and (int(top.min()) < 0 or int(top.max()) >= prior.cfg.top_codes):
+        raise ValueError(f"top should hold codes in 0..{prior.cfg.top_codes - 1}, got {int(top.min())}..{int(top.max())}")
+
+
+def _noise_grid(prior: GatedPixelCNN, n: int, noise: Tensor) -> tuple[int, int]:
     k = prior.cfg.codes
     if noise.dim() != 4 or noise.shape[0] != n or noise.shape[3] != k:
         raise ValueError(f"noise should be Gumbel noise [n={n}, H, W, K={k}], got {tuple(noise.shape)}")
@@ -131,16 +157,18 @@ def _check_finite_prior(prior: GatedPixelCNN) -> None:
 
 @torch.no_grad()
 def sample_naive(
-    prior: GatedPixelCNN, alpha: Tensor, noise: Tensor, temperature: float, top_k: int | None, rows: int | None = None
+    prior: GatedPixelCNN, alpha: Tensor, noise: Tensor, temperature: float, top_k: int | None, rows: int | None = None,
+    top: Tensor | None = None,
 ) -> Tensor:
     """The naive sampler: a full pass of `prior` over the whole grid for every position.
-    alpha: Tensor[B]; noise: Tensor[B, H, W, K] -> grid Tensor[B, H, W] int64.
+    alpha: Tensor[B]; noise: Tensor[B, H, W, K]; top: Tensor[B, H/2, W/2] for a bottom prior
+    -> grid Tensor[B, H, W] int64.
     rows: stop after this many rows (pegasus.bench.sampler times the slow naive loop that way)."""
     n, height, width, _ = noise.shape
     grid = torch.zeros(n, height, width, dtype=torch.int64, device=noise.device)
     for i in range(height if rows is None else rows):
         for j in range(width):
-            logits = prior(grid, alpha)[:, :, i, j]
+            logits = prior(grid, alpha, top)[:, :, i, j]
             grid[:, i, j] = reference.choose_codes(logits, noise[:, i, j], temperature, top_k or 0)
     return grid
 
@@ -156,6 +184,8 @@ def sample_indices(
     noise: Tensor | None = None,
     backend: str | None = None,
     batch_size: int | None = None,
+    top: Tensor | None = None,
+    stream: int = 0,
 ) -> Tensor:
     """Sample n code grids from `prior` -> Tensor[n, H, W] int64 on the prior's device.
 
@@ -169,9 +199,13 @@ def sample_indices(
     backend: "naive", "reference", "cpu" or "triton" (see the module docstring); every backend
     gives the same grid for the same noise. None: PEGASUS_SAMPLER_BACKEND, else the fastest available.
     batch_size: sample this many at a time (None: all n at once); memory grows with it, not with n.
+    top: for the bottom prior of a two-level run (cfg.top_codes), the top grids Tensor[n, H/2, W/2]
+    int64 that grid i is conditioned on; refused by any other prior.
+    stream: which of the seed's noise streams (`gumbel_noise`) to draw from.
     """
     return torch.cat(list(iter_sample_indices(
-        prior, n, alpha, temperature=temperature, top_k=top_k, seed=seed, noise=noise, backend=backend, batch_size=batch_size
+        prior, n, alpha, temperature=temperature, top_k=top_k, seed=seed, noise=noise, backend=backend, batch_size=batch_size,
+        top=top, stream=stream,
     )))
 
 
@@ -186,10 +220,12 @@ def iter_sample_indices(
     noise: Tensor | None = None,
     backend: str | None = None,
     batch_size: int | None = None,
+    top: Tensor | None = None,
+    stream: int = 0,
 ) -> Iterator[Tensor]:
     """`sample_indices` one batch at a time: yields Tensor[b, H, W] int64 for samples in order,
     b = batch_size (the last batch holds the rest). Arguments are checked before the first batch."""
-    height, width = check_sampling_args(prior, n, alpha, temperature, top_k, noise)
+    height, width = check_sampling_args(prior, n, alpha, temperature, top_k, noise, top)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size should be an integer >= 1 or None, got {batch_size!r}")
     batch = min(n, batch_size or n)
@@ -197,30 +233,32 @@ def iter_sample_indices(
     name = backends.resolve(backends.SAMPLER, backend, param.device, param.dtype)
     if noise is None:
         check_fits(batch, (height, width), prior.cfg.codes, param.device)
-    return _batches(prior, n, float(alpha), float(temperature), top_k, seed, noise, name, batch, (height, width))
+    return _batches(prior, n, float(alpha), float(temperature), top_k, seed, noise, name, batch, (height, width), top, stream)
 
 
 def _batches(
     prior: GatedPixelCNN, n: int, alpha: float, temperature: float, top_k: int | None, seed: int,
-    noise: Tensor | None, name: str, batch: int, grid: tuple[int, int],
+    noise: Tensor | None, name: str, batch: int, grid: tuple[int, int], top: Tensor | None, stream: int,
 ) -> Iterator[Tensor]:
     param = next(prior.parameters())
     for first in range(0, n, batch):
         b = min(batch, n - first)
         if noise is None:
-            chunk = gumbel_noise(b, grid, prior.cfg.codes, seed, dtype=param.dtype, device=param.device, first=first)
+            chunk = gumbel_noise(b, grid, prior.cfg.codes, seed, dtype=param.dtype, device=param.device, first=first, stream=stream)
         else:
             chunk = noise[first : first + b].to(device=param.device, dtype=param.dtype)
         alphas = torch.full((b,), alpha, dtype=param.dtype, device=param.device)
+        tops = None if top is None else top[first : first + b].to(param.device)
         was_training = prior.training
         prior.eval()
         try:
             if name == "naive":
-                yield sample_naive(prior, alphas, chunk, temperature, top_k)
+                yield sample_naive(prior, alphas, chunk, temperature, top_k, top=tops)
                 continue
             with torch.no_grad():
                 weights, cond = prior.pack_for_sampling(), prior.sampling_conditioning(alphas)
-            yield ops.sample_loop(weights, cond, chunk, temperature, top_k or 0, False, backend=name)[0]
+                cond_map = prior.sampling_conditioning_map(tops, b)
+            yield ops.sample_loop(weights, cond, chunk, temperature, top_k or 0, False, cond_map, backend=name)[0]
         finally:
             prior.train(was_training)
 

@@ -46,6 +46,8 @@ from pegasus.rundir import (
     PRIOR_METRICS,
     PRIOR_WEIGHTS,
     latents_meta,
+    LATENTS,
+    prior_dir,
     read_class_latents,
     read_latents,
     vqvae_config,
@@ -75,19 +77,23 @@ class PriorTrainConfig(TrainConfig):
 
 @dataclass
 class PriorData:
-    """Grids Tensor[N, h, w] int64 with their alphas Tensor[N] float32, for train and held-out."""
+    """Grids Tensor[N, h, w] int64 with their alphas Tensor[N] float32, for train and held-out, and
+    for a bottom prior the top grids Tensor[N, h/2, w/2] each is conditioned on (else None)."""
 
     train: Tensor
     train_alpha: Tensor
     held: Tensor
     held_alpha: Tensor
+    train_top: Tensor | None = None
+    held_top: Tensor | None = None
 
 
 def split_latents(latents: dict[str, Tensor], held_out: float, seed: int) -> PriorData:
     """Hold out round(held_out * P) of the P distinct bird/horse pairs (at least 1), chosen by
     `seed`, with all their alphas and their mirrored copies (`interpolate --mirror`): a pair seen
-    mirrored in training would make the held-out NLL look better than it is."""
-    ind, alphas = latents["indices"], latents["alphas"].float()
+    mirrored in training would make the held-out NLL look better than it is. With latents["top"],
+    the top grids are split alongside (a bottom prior's conditioning)."""
+    ind, alphas, top = latents["indices"], latents["alphas"].float(), latents.get("top")
     ids = latents["pairs"].numpy() if "pairs" in latents else np.arange(ind.shape[0])[:, None]
     _, group = np.unique(ids, axis=0, return_inverse=True)
     group = group.reshape(-1)
@@ -101,25 +107,32 @@ def split_latents(latents: dict[str, Tensor], held_out: float, seed: int) -> Pri
     def flat(rows: Tensor) -> tuple[Tensor, Tensor]:
         return ind[rows].flatten(0, 1), alphas.repeat(len(rows))
 
-    return PriorData(*flat(train), *flat(held))
+    tops = (None, None) if top is None else (top[train].flatten(0, 1), top[held].flatten(0, 1))
+    return PriorData(*flat(train), *flat(held), *tops)
 
 
-def _cross_entropy(prior: GatedPixelCNN, grids: Tensor, alphas: Tensor, net: nn.Module | None = None) -> Tensor:
+def _cross_entropy(
+    prior: GatedPixelCNN, grids: Tensor, alphas: Tensor, net: nn.Module | None = None, top: Tensor | None = None
+) -> Tensor:
     """Mean NLL in nats per position of grids Tensor[B, h, w] under the prior (run as `net`, its
-    DDP wrapper, when given)."""
+    DDP wrapper, when given; a bottom prior reads the top grids `top`)."""
     alpha = alphas if prior.cfg.conditional else None
-    return F.cross_entropy((prior if net is None else net)(grids, alpha), grids)
+    return F.cross_entropy((prior if net is None else net)(grids, alpha, top), grids)
 
 
 @torch.no_grad()
-def evaluate_prior(prior: GatedPixelCNN, grids: Tensor, alphas: Tensor, batch_size: int = 256) -> dict[str, float]:
-    """NLL of grids Tensor[N, h, w] (alphas Tensor[N]): nats and bits per position."""
+def evaluate_prior(
+    prior: GatedPixelCNN, grids: Tensor, alphas: Tensor, batch_size: int = 256, top: Tensor | None = None
+) -> dict[str, float]:
+    """NLL of grids Tensor[N, h, w] (alphas Tensor[N]; top Tensor[N, h/2, w/2] for a bottom prior):
+    nats and bits per position."""
     prior.eval()
     device = next(prior.parameters()).device
     total = 0.0
     for i in range(0, len(grids), batch_size):
         g, a = grids[i : i + batch_size].to(device), alphas[i : i + batch_size].to(device)
-        total += float(_cross_entropy(prior, g, a)) * len(g)
+        t = None if top is None else top[i : i + batch_size].to(device)
+        total += float(_cross_entropy(prior, g, a, top=t)) * len(g)
     nats = total / len(grids)
     return {"nll_nats": nats, "bits_per_position": nats / math.log(2)}
 
@@ -138,8 +151,12 @@ def train_prior(
     device: str | torch.device = "cpu",
     resume: bool = False,
     progress: bool = True,
+    level: str = "bottom",
 ) -> dict[str, Any]:
     """Train the prior of RUN_DIR on its latents.safetensors; returns the evaluation (prior_eval.json).
+
+    level: "bottom", the run's prior (for a two-level run, of its bottom grids, conditioned on alpha
+    and on the top grids), or "top": a two-level run's top prior, written to RUN_DIR/top/.
 
     prior_cfg / train_cfg: configs, or dicts of the fields to change from the defaults (codes and
     grid always come from the latents). With resume=True training continues from
@@ -147,74 +164,96 @@ def train_prior(
     only `steps` may change. Under torchrun this runs with DistributedDataParallel, `batch_size`
     grids per process.
     """
+    files = prior_dir(run_dir, level)  # checks the level
     with distributed(device) as dist:
-        return _train_prior(Path(run_dir), prior_cfg, train_cfg, dist, resume, progress)
+        return _train_prior(Path(run_dir), files, prior_cfg, train_cfg, dist, resume, progress, level)
+
+
+def _at_level(path: Path, tensors: dict[str, Tensor], level: str) -> dict[str, Tensor]:
+    """The grids the prior of `level` models under "indices" (and, for a bottom prior of a two-level
+    run, the top grids it reads under "top")."""
+    if level == "bottom":
+        return tensors
+    if "top" not in tensors:
+        raise TrainingError(f"{path}: holds no top grids (a one-level run); --level top needs a two-level VQ-VAE (train-vqvae --levels 2)")
+    return {**{k: v for k, v in tensors.items() if k != "top"}, "indices": tensors["top"]}
 
 
 def _train_prior(
     out: Path,
+    files: Path,
     prior_cfg: PixelCNNConfig | dict[str, Any] | None,
     train_cfg: PriorTrainConfig | dict[str, Any] | None,
     dist: Dist,
     resume: bool,
     progress: bool,
+    level: str,
 ) -> dict[str, Any]:
     device = dist.device
     latents, codes, mode = dist.on_main(lambda: (read_latents(out), vqvae_config(out).codes, latents_meta(out).get("mode", "linear")))
+    latents = _at_level(out / LATENTS, latents, level)
     grid = list(latents["indices"].shape[-2:])
+    if dist.main:
+        files.mkdir(exist_ok=True)
 
     model_over = prior_cfg.to_dict() if isinstance(prior_cfg, PixelCNNConfig) else dict(prior_cfg or {})
     train_over = dict(train_cfg.__dict__) if isinstance(train_cfg, PriorTrainConfig) else dict(train_cfg or {})
     model_fields, train_fields = dist.on_main(
-        lambda: run_settings(out, PRIOR_CONFIG, PRIOR_CHECKPOINT, "prior", model_over, train_over, resume, dist.world, device)
+        lambda: run_settings(files, PRIOR_CONFIG, PRIOR_CHECKPOINT, "prior", model_over, train_over, resume, dist.world, device)
     )
-    cfg = PixelCNNConfig(**{**model_fields, "codes": codes, "grid": grid})
+    # A bottom prior of a two-level run reads the top grids; their codebook has the same size.
+    cfg = PixelCNNConfig(**{**model_fields, "codes": codes, "grid": grid, "top_codes": codes if "top" in latents else 0})
     tcfg = PriorTrainConfig(**train_fields)
     data = split_latents(latents, tcfg.held_out, tcfg.seed)
     info = {"pairs": int(latents["indices"].shape[0]), "alphas": [round(a, 6) for a in latents["alphas"].tolist()],
-            "train_grids": len(data.train), "heldout_grids": len(data.held), "mode": mode}
+            "train_grids": len(data.train), "heldout_grids": len(data.held), "mode": mode, "level": level}
     classes = None
     if tcfg.pretrain_steps:
-        classes = dist.on_main(lambda: read_class_latents(out))
+        classes = _at_level(out / CLASS_LATENTS, dist.on_main(lambda: read_class_latents(out)), level)
         if tuple(classes["indices"].shape[-2:]) != tuple(grid):
             raise TrainingError(f"{out / CLASS_LATENTS}: grids of {list(classes['indices'].shape[-2:])}, the latents' are {grid}")
         info["class_grids"] = int(classes["indices"].shape[0])
     config = stamp({"prior": cfg.to_dict(), "train": tcfg.__dict__, "latents": info, "world_size": dist.world})
-    dist.on_main(lambda: atomic_write_text(out / PRIOR_CONFIG, json.dumps(config, indent=2)))
+    dist.on_main(lambda: atomic_write_text(files / PRIOR_CONFIG, json.dumps(config, indent=2)))
 
     torch.manual_seed(tcfg.seed)
     prior = GatedPixelCNN(cfg).to(device)
     optimizer = torch.optim.Adam(prior.parameters(), lr=tcfg.lr)
     step = 0
     if resume:  # rank 0 reads the file; every rank loads the same bytes
-        used, blob = dist.on_main(lambda: read_checkpoint(out / PRIOR_CHECKPOINT))
+        used, blob = dist.on_main(lambda: read_checkpoint(files / PRIOR_CHECKPOINT))
         step, _ = load_checkpoint(used, prior, optimizer, map_location=device, data=blob, config=cfg.to_dict())
     # static_graph: the last layer's `out` conv feeds nothing (only its skip does); its grads stay
     # None on every rank, as in one process, and DDP checks for that once instead of every step.
     trained = DistributedDataParallel(prior, static_graph=True) if dist.active else prior
 
     def step_loss(s: int) -> tuple[dict[str, Tensor], int]:
-        grids, alphas = (classes["indices"], classes["alphas"]) if s < tcfg.pretrain_steps else (data.train, data.train_alpha)
+        if s < tcfg.pretrain_steps:
+            grids, alphas, tops = classes["indices"], classes["alphas"], classes.get("top")
+        else:
+            grids, alphas, tops = data.train, data.train_alpha, data.train_top
         batch = batch_indices(len(grids), tcfg.batch_size * dist.world, s, tcfg.seed)
         idx = torch.from_numpy(global_slice(batch, dist))
-        loss = _cross_entropy(prior, grids[idx].to(device), alphas[idx].to(device), trained)
+        top = None if tops is None else tops[idx].to(device)
+        loss = _cross_entropy(prior, grids[idx].to(device), alphas[idx].to(device), trained, top)
         return {"loss": loss, "bits": loss.detach() / math.log(2)}, len(idx)
 
     # Held-out NLL at each checkpoint on (up to) 2048 held-out grids spread over the split; from the
     # end of pre-training on, the best weights so far are kept in prior_best.safetensors.
     check = torch.from_numpy(np.unique(np.linspace(0, len(data.held) - 1, min(2048, len(data.held))).round().astype(np.int64)))
-    best_path = out / PRIOR_BEST
+    best_path = files / PRIOR_BEST
     if not resume and dist.main:
         best_path.unlink(missing_ok=True)  # left by a run that did not get to write a checkpoint
 
     def validate(s: int) -> dict[str, float]:
-        bits = evaluate_prior(prior, data.held[check], data.held_alpha[check])["bits_per_position"]
+        top = None if data.held_top is None else data.held_top[check]
+        bits = evaluate_prior(prior, data.held[check], data.held_alpha[check], top=top)["bits_per_position"]
         if dist.main and s >= tcfg.pretrain_steps and bits < _best_bits(best_path):
             save_weights(best_path, prior, metadata={"config": json.dumps(cfg.to_dict()), "heldout_bits": repr(bits), "step": str(s)})
         return {"heldout_bits": bits}
 
     records, step = fit(
-        prior, optimizer, step_loss, tcfg, out / PRIOR_CHECKPOINT, out / PRIOR_METRICS, step, resume,
+        prior, optimizer, step_loss, tcfg, files / PRIOR_CHECKPOINT, files / PRIOR_METRICS, step, resume,
         desc="train-prior", unit="grids", progress=progress, dist=dist, config=cfg.to_dict(),
         postfix=[("nats", "loss", ".3f"), ("bits", "bits", ".2f"), ("grids_s", "grids_per_s", ".0f")], validate=validate,
     )
@@ -225,9 +264,9 @@ def _train_prior(
             tensors, meta = load_tensors(best_path)
             prior.load_state_dict(tensors)
             best_step = int(meta["step"])
-        save_weights(out / PRIOR_WEIGHTS, prior, metadata={"config": json.dumps(cfg.to_dict())})
-        held = evaluate_prior(prior, data.held, data.held_alpha)
-        train = evaluate_prior(prior, data.train, data.train_alpha)
+        save_weights(files / PRIOR_WEIGHTS, prior, metadata={"config": json.dumps(cfg.to_dict())})
+        held = evaluate_prior(prior, data.held, data.held_alpha, top=data.held_top)
+        train = evaluate_prior(prior, data.train, data.train_alpha, top=data.train_top)
         summary = {
             "heldout_nll_nats": held["nll_nats"],
             "heldout_bits_per_position": held["bits_per_position"],
@@ -238,10 +277,10 @@ def _train_prior(
             "steps": step,
             "best_step": best_step,
         }
-        atomic_write_text(out / PRIOR_EVAL, json.dumps(summary, indent=2))
+        atomic_write_text(files / PRIOR_EVAL, json.dumps(summary, indent=2))
         if records:
             curves = {"loss": "train cross-entropy (nats / position)", "heldout_bits": "held-out bits / position"}
-            save_loss_curves(records, out / PRIOR_CURVES, curves)
+            save_loss_curves(records, files / PRIOR_CURVES, curves)
         return summary
 
     return dist.on_main(finish)

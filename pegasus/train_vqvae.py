@@ -187,7 +187,7 @@ def _train_vqvae(
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=train_cfg.lr)
     step = 0
     if train_cfg.init and not resume:
-        start = load_vqvae(train_cfg.init, two_levels=True)
+        start = load_vqvae(train_cfg.init)
         if start.cfg != model_cfg:
             raise TrainingError(f"--init {train_cfg.init}: its VQ-VAE settings {start.cfg.to_dict()} differ from this run's {model_cfg.to_dict()}")
         model.load_state_dict(start.state_dict())

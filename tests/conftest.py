@@ -14,13 +14,14 @@ def pytest_report_header(config):
 needs_ext = pytest.mark.skipif(not _extension.has_cpp_ops(), reason=f"pegasus._C not loaded: {_extension.cpp_load_error()}")
 
 
-def random_prior(codes: int, layers: int, kernel: int, conditional: bool, dtype: torch.dtype, seed: int = 0):
+def random_prior(codes: int, layers: int, kernel: int, conditional: bool, dtype: torch.dtype, seed: int = 0, top_codes: int = 0):
     """A random GatedPixelCNN whose biases are random too (nn.Conv2d's default init leaves them small
-    but nonzero; randomising them makes a wrongly placed bias or padding visible in the logits)."""
+    but nonzero; randomising them makes a wrongly placed bias or padding visible in the logits).
+    top_codes: a bottom prior, conditioned on top grids of that many codes."""
     from pegasus import GatedPixelCNN
 
     torch.manual_seed(seed)
-    prior = GatedPixelCNN(codes=codes, channels=6, layers=layers, kernel=kernel, conditional=conditional)
+    prior = GatedPixelCNN(codes=codes, channels=6, layers=layers, kernel=kernel, conditional=conditional, top_codes=top_codes)
     with torch.no_grad():
         for p in prior.parameters():
             p.normal_(0, 0.5)

@@ -1,6 +1,6 @@
 """The two-level VQ-VAE (VQVAE2, `train-vqvae --levels 2`): grid sizes, the bottom codes chosen
-knowing the top ones, gradients to both levels, training with per-level figures and exact resume,
-and the later stages refusing a two-level run with a message instead of failing inside."""
+knowing the top ones, gradients to both levels, training with per-level figures and exact resume.
+The later stages of a two-level run: tests/test_two_level_run.py."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pegasus.checkpoint import CheckpointError
 from pegasus.cli import main
 from pegasus.models import VQVAE, VQVAE2, VQVAEConfig, build_vqvae
 from pegasus.rundir import load_vqvae
@@ -98,7 +97,7 @@ def test_training_two_levels_reports_both_and_resumes_exactly(tiny_folder, tmp_p
     assert len(records) == 8 and all(r["top_perplexity"] >= 1 and 0 < r["top_usage"] <= 1 for r in records)
     for name in ("reconstructions.png", "loss_curves.png", "vqvae.safetensors"):
         assert (a / name).stat().st_size > 0
-    assert isinstance(load_vqvae(a, two_levels=True), VQVAE2)
+    assert isinstance(load_vqvae(a), VQVAE2)
 
     _train(tiny_folder, b, 5)
     torch.manual_seed(99)
@@ -118,19 +117,6 @@ def test_images_must_fit_the_top_level(tmp_path):
         _train(data, tmp_path / "run", 1)
 
 
-def test_the_later_stages_refuse_a_two_level_run_in_one_line(tiny_folder, tmp_path, capsys):
-    run = tmp_path / "run"
-    _train(tiny_folder, run, 2)
-    with pytest.raises(CheckpointError, match="a two-level VQ-VAE"):
-        load_vqvae(run)
-    assert main(["select", "--run-dir", str(run), "--data", str(tiny_folder), "--birds", "2", "--horses", "2"]) == 0
-    capsys.readouterr()
-    for argv in (["interpolate", "--run-dir", str(run)], ["sample", "--run-dir", str(run)]):
-        assert main(argv) == 1
-        err = capsys.readouterr().err
-        assert "two-level VQ-VAE (levels 2)" in err and "Traceback" not in err, argv
-
-
 def test_cli_levels_flag(tiny_folder, tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["train-vqvae", "--data", str(tiny_folder), "--out", str(out), "--levels", "2", "--steps", "2",
@@ -147,7 +133,7 @@ def test_96x96_stl10_format_trains_two_levels(tmp_path):
 
     data = write_stl10_binary(tmp_path / "data", n_train=16, n_test=4)
     summary = _train(data, tmp_path / "run", 2)
-    model = load_vqvae(tmp_path / "run", two_levels=True)
+    model = load_vqvae(tmp_path / "run")
     grids = model.codes(torch.rand(1, 3, 96, 96))
     assert [tuple(g.shape[-2:]) for g in grids] == [(12, 12), (24, 24)] and summary["test_images"] == 4
 

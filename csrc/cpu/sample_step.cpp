@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "../sample_common.h"
@@ -49,19 +50,21 @@ void gemm_split_columns(const Rows<T>& x, const T* w, const T* bias, int64_t ldb
 }
 
 void sample_row_cpu(const at::Tensor& v_state, const at::Tensor& v2h_row, at::TensorList weights,
-                    const at::Tensor& cond, int64_t row) {
+                    const at::Tensor& cond, int64_t row, const std::optional<at::Tensor>& cond_map) {
   const PackedPrior p = check_weights(weights);
   const auto [batch, width] = check_v_state(v_state, p, weights[0]);
   const int64_t c = p.channels, k = p.kernel, h = p.half, ring = h + 1, padded = width + 2 * h;
   check_state("v2h_row", v2h_row, weights[0], {p.layers, batch, width, 2 * c});
   check_state("cond", cond, weights[0], {p.layers, batch, 2 * c});
   TORCH_CHECK(row >= 0, "sample_row: row should be >= 0, got ", row);
+  const int64_t height = cond_map ? check_cond_map(*cond_map, p, weights[0], batch, width, row) : 0;
   const int64_t here = row % ring;
 
   AT_DISPATCH_FLOATING_TYPES(v_state.scalar_type(), "sample_row", [&] {
     using T = scalar_t;
     T* vs = v_state.data_ptr<T>();
     const T* cd = cond.data_ptr<T>();
+    const T* map = cond_map ? cond_map->data_ptr<T>() : nullptr;
     T* v2h = v2h_row.data_ptr<T>();
     const int64_t per_sample = ring * padded * c;  // one sample's ring of padded rows, one layer
     auto layer_in = [&](int64_t l, int64_t b, int64_t slot) {  // v_state[l, b, slot] -> [W+2h, C]
@@ -95,9 +98,17 @@ void sample_row_cpu(const at::Tensor& v_state, const at::Tensor& v2h_row, at::Te
       }
       product(dense_rows<T>(v_pre, 2 * c), weights[packed::layer_index(l, packed::kWvh)].data_ptr<T>(),
               weights[packed::layer_index(l, packed::kBhv)].data_ptr<T>(), 0, vh, 2 * c);
+      // With a cond_map, each position's offsets are alpha's plus its own, summed into `both`.
+      std::vector<T> both(map ? 2 * c : 0);
       for (int64_t b = b0; b < b1; ++b) {
-        const T* add = cd + (l * batch + b) * 2 * c;
+        const T* alpha_add = cd + (l * batch + b) * 2 * c;
         for (int64_t j = 0; j < width; ++j) {
+          const T* add = alpha_add;
+          if (map) {
+            const T* here_map = map + (((l * batch + b) * height + row) * width + j) * 2 * c;
+            for (int64_t o = 0; o < 2 * c; ++o) both[o] = alpha_add[o] + here_map[o];
+            add = both.data();
+          }
           T* out = vh + ((b - b0) * width + j) * 2 * c;
           for (int64_t o = 0; o < 2 * c; ++o) out[o] += add[o];
           if (l + 1 < p.layers) {  // the last layer's vertical stack feeds nothing

@@ -12,6 +12,13 @@ there it is timed over its first `naive_rows` rows and scaled by height / naive_
 step is one full pass over the whole grid whatever the position, so its cost per row is the same
 for every row. Such records say so in `naive_rows_timed`.
 
+With levels=2 it times a two-level sample (VQ-VAE-2): `grid` is the bottom grid, the top one is
+half its side; a top prior of the default configuration samples the top grid, then a bottom prior
+(the same, with its conditioning stack over the top grid, `top_codes` 512) the bottom grid given
+it. The naive two-level sampler runs both priors whole (the stack included) at every position;
+when timed over rows, it runs `naive_rows` rows of the bottom grid and half as many of the top
+one, which scales both by the same factor (bottom height / naive_rows).
+
 Until issue 12 (records in benchmarks/results/ written before it), "reference" named the naive
 sampler and "cached" the Python cached loop, now "reference".
 """
@@ -33,6 +40,8 @@ FULL_CASES: tuple[tuple[tuple[int, int], int], ...] = tuple(
 )
 """((H, W), batch): 8x8 latents of 32x32 CIFAR-10 images and 24x24 latents of 96x96 STL-10 ones."""
 QUICK_CASES: tuple[tuple[tuple[int, int], int], ...] = (((8, 8), 1), ((8, 8), 16))
+TWO_LEVEL_CASES: tuple[tuple[tuple[int, int], int], ...] = (((8, 8), 16), ((24, 24), 16))
+"""Bottom grids of the two-level cases: 4x4 + 8x8 for CIFAR-10, 12x12 + 24x24 for STL-10."""
 
 
 @dataclass
@@ -59,25 +68,48 @@ def available_backends(device: str) -> tuple[list[str], list[str]]:
     return backends.runnable(backends.SAMPLER, device)
 
 
-def make_prior(device: str, seed: int = 0):
-    """The default prior configuration with seeded random weights, float32, in eval mode."""
+def make_prior(device: str, seed: int = 0, top_codes: int = 0):
+    """The default prior configuration with seeded random weights, float32, in eval mode (with
+    top_codes: a bottom prior conditioned on top grids of that many codes)."""
     from pegasus.models.pixelcnn import GatedPixelCNN
 
     torch.manual_seed(seed)
-    return GatedPixelCNN().to(device).eval()
+    return GatedPixelCNN(top_codes=top_codes).to(device).eval()
 
 
-def setup(backend: str, grid: tuple[int, int], batch: int, device: str = "cpu", rows: int | None = None) -> Callable[[], torch.Tensor]:
-    """A call sampling `batch` grids of `grid` with `backend`, fixed noise (seed 0), alpha 0.5.
+def setup(
+    backend: str, grid: tuple[int, int], batch: int, device: str = "cpu", rows: int | None = None, levels: int = 1
+) -> Callable[[], torch.Tensor]:
+    """A call sampling `batch` grids of `grid` with `backend`, fixed noise (seed 0), alpha 0.5
+    (levels=2: a top grid of half the side, then `grid` given it; module docstring).
     rows: the naive sampler only, stop after this many rows (for the scaled timing)."""
     from pegasus.sampling import gumbel_noise, sample_indices, sample_naive
 
-    prior = make_prior(device)
-    noise = gumbel_noise(batch, grid, prior.cfg.codes, seed=0, device=device)
+    prior = make_prior(device, top_codes=512 if levels == 2 else 0)
+    noise = gumbel_noise(batch, grid, prior.cfg.codes, seed=0, device=device, stream=levels - 1)
+    alpha = torch.full((batch,), 0.5, device=device)
+    if levels == 1:
+        if rows is not None:
+            return lambda: sample_naive(prior, alpha, noise, 1.0, None, rows=rows)
+        return lambda: sample_indices(prior, batch, alpha=0.5, noise=noise, backend=backend)
+    top_prior = make_prior(device, seed=1)
+    top_grid = (grid[0] // 2, grid[1] // 2)
+    top_noise = gumbel_noise(batch, top_grid, top_prior.cfg.codes, seed=0, device=device)
     if rows is not None:
-        alpha = torch.full((batch,), 0.5, device=device)
-        return lambda: sample_naive(prior, alpha, noise, 1.0, None, rows=rows)
-    return lambda: sample_indices(prior, batch, alpha=0.5, noise=noise, backend=backend)
+        # The bottom's naive cost does not depend on the top codes' values: any top grid times it.
+        some_top = torch.zeros(batch, *top_grid, dtype=torch.int64, device=device)
+
+        def naive_rows() -> torch.Tensor:
+            sample_naive(top_prior, alpha, top_noise, 1.0, None, rows=rows // 2)
+            return sample_naive(prior, alpha, noise, 1.0, None, rows=rows, top=some_top)
+
+        return naive_rows
+
+    def two_levels() -> torch.Tensor:
+        top = sample_indices(top_prior, batch, alpha=0.5, noise=top_noise, backend=backend)
+        return sample_indices(prior, batch, alpha=0.5, noise=noise, backend=backend, top=top)
+
+    return two_levels
 
 
 def _time(fn: Callable[[], object], device: str, min_run_time: float) -> tuple[float, int]:
@@ -106,25 +138,30 @@ def run(
     naive_rows: int = 1,
     full_naive_up_to: int = 64,
     progress: Callable[[str], None] | None = None,
+    levels: int = 1,
 ) -> tuple[list[Record], list[str]]:
     """Measure every available backend at every case: (records, notes on skipped backends).
 
     The naive sampler runs whole on grids of at most `full_naive_up_to` positions, and over its
-    first `naive_rows` rows (scaled to the grid) above that.
+    first `naive_rows` rows (scaled to the grid) above that (levels=2: at least 2, and even, so
+    that the top grid runs half as many; the module docstring).
     """
     backends, notes = available_backends(device)
+    if levels == 2:
+        naive_rows = max(2, naive_rows + naive_rows % 2)
     records = []
     for grid, batch in cases:
         by_name: dict[str, Record] = {}
+        name = f"{grid[0]}x{grid[1]}" if levels == 1 else f"{grid[0] // 2}x{grid[1] // 2}+{grid[0]}x{grid[1]}"
         for backend in backends:
             rows = None
             if backend == "naive" and grid[0] * grid[1] > full_naive_up_to:
                 rows = min(naive_rows, grid[0])
-            median, runs = _time(setup(backend, grid, batch, device, rows), device, min_run_time)
+            median, runs = _time(setup(backend, grid, batch, device, rows, levels), device, min_run_time)
             if rows is not None:
                 median *= grid[0] / rows
-            rec = Record("sample", f"{grid[0]}x{grid[1]}", batch, backend, device, median, batch / median, runs,
-                         naive_rows_timed=rows)
+            rec = Record("sample" if levels == 1 else "sample-2-levels", name, batch, backend, device, median, batch / median,
+                         runs, naive_rows_timed=rows)
             by_name[backend] = rec
             records.append(rec)
             if progress is not None:
@@ -154,5 +191,6 @@ def format_table(records: Sequence[Record]) -> str:
     return "\n".join(lines)
 
 
-def header(device: str) -> str:
-    return f"sampler (prior: 64 channels, 8 layers, kernel 5, 512 codes, float32) on {device_name(device)}"
+def header(device: str, levels: int = 1) -> str:
+    what = "prior" if levels == 1 else "two levels, each prior"
+    return f"sampler ({what}: 64 channels, 8 layers, kernel 5, 512 codes, float32) on {device_name(device)}"

@@ -36,6 +36,9 @@ class PixelCNNConfig:
 
     grid: the (height, width) of the code grids it was trained on, which sampling uses.
     conditional: whether alpha enters the gates (False: an unconditional prior).
+    top_codes: 0, or the codebook size of a two-level VQ-VAE's top level: the prior of the bottom
+    grid, conditioned on the top grid (half its height and width) by a stack over it whose output
+    enters every gated layer at every position (`GatedPixelCNN.conditioning_map`).
     """
 
     codes: int = 512
@@ -45,12 +48,15 @@ class PixelCNNConfig:
     cond_dim: int = 32
     conditional: bool = True
     grid: tuple[int, int] = (8, 8)
+    top_codes: int = 0
 
     def __post_init__(self) -> None:
         self.grid = tuple(int(g) for g in self.grid)
         for name in ("codes", "channels", "layers", "cond_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} should be >= 1, got {getattr(self, name)}")
+        if self.top_codes < 0:
+            raise ValueError(f"top_codes should be >= 0 (0: no top grid), got {self.top_codes}")
         if self.kernel < 3 or self.kernel % 2 == 0:
             raise ValueError(f"kernel should be odd and >= 3, got {self.kernel}")
         if len(self.grid) != 2 or min(self.grid) < 1:
@@ -59,7 +65,14 @@ class PixelCNNConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["grid"] = list(self.grid)
+        if not self.top_codes:  # as written before two-level priors existed: old runs' stamps match
+            del d["top_codes"]
         return d
+
+    @property
+    def top_grid(self) -> tuple[int, int] | None:
+        """The (height, width) of the top grid a bottom prior reads (None without one)."""
+        return (self.grid[0] // 2, self.grid[1] // 2) if self.top_codes else None
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -105,8 +118,9 @@ def gate(a: Tensor) -> Tensor:
 
 
 class GatedLayer(nn.Module):
-    """One gated layer: (v, x) stacks Tensor[B, C, H, W] and cond Tensor[B, 2C] (or None) ->
-    (v', x', skip), each Tensor[B, C, H, W]. See the module docstring for the equations."""
+    """One gated layer: (v, x) stacks Tensor[B, C, H, W], cond Tensor[B, 2C] (or None) and
+    cond_map Tensor[B, 2C, H, W] (or None) -> (v', x', skip), each Tensor[B, C, H, W]. See the module
+    docstring for the equations; cond_map is added where cond is, position by position."""
 
     def __init__(self, channels: int, kernel: int, mask: str) -> None:
         super().__init__()
@@ -119,12 +133,15 @@ class GatedLayer(nn.Module):
         # The first layer's input at (i, j) is the code at (i, j) itself: a residual would leak it.
         self.residual = mask == "B"
 
-    def forward(self, v: Tensor, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, v: Tensor, x: Tensor, cond: Tensor | None, cond_map: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         v_pre = self.vertical(v)
         h_pre = self.horizontal(x) + self.v_to_h(v_pre)
         if cond is not None:
             v_pre = v_pre + cond[:, :, None, None]
             h_pre = h_pre + cond[:, :, None, None]
+        if cond_map is not None:
+            v_pre = v_pre + cond_map
+            h_pre = h_pre + cond_map
         v_out, u = gate(v_pre), gate(h_pre)
         x_out = self.out(u) + x if self.residual else self.out(u)
         return v_out, x_out, self.skip(u)
@@ -133,10 +150,12 @@ class GatedLayer(nn.Module):
 class GatedPixelCNN(nn.Module):
     """Autoregressive prior over code grids in raster order.
 
-    forward(indices: Tensor[B, H, W] int64 in [0, codes), alpha: Tensor[B] float in [0, 1] or None)
-    -> logits Tensor[B, codes, H, W]; the logits at (i, j) depend only on codes before (i, j) in
-    raster order (and on alpha). alpha is required by a conditional prior and ignored by an
-    unconditional one.
+    forward(indices: Tensor[B, H, W] int64 in [0, codes), alpha: Tensor[B] float in [0, 1] or None,
+    top: Tensor[B, H/2, W/2] int64 in [0, top_codes) or None) -> logits Tensor[B, codes, H, W]; the
+    logits at (i, j) depend only on codes before (i, j) in raster order (and on alpha and the whole
+    top grid). alpha is required by a conditional prior and ignored by an unconditional one; top is
+    required by a prior with cfg.top_codes (the bottom prior of a two-level model) and refused by
+    one without.
     """
 
     def __init__(self, cfg: PixelCNNConfig | None = None, **kwargs) -> None:
@@ -148,6 +167,15 @@ class GatedPixelCNN(nn.Module):
             # alpha -> a learned embedding, then per layer a linear map to the 2C gate inputs.
             self.alpha_embedding = nn.Sequential(nn.Linear(1, self.cfg.cond_dim), nn.SiLU(), nn.Linear(self.cfg.cond_dim, self.cfg.cond_dim))
             self.cond = nn.ModuleList(nn.Linear(self.cfg.cond_dim, 2 * c) for _ in range(self.cfg.layers))
+        if self.cfg.top_codes:
+            # The top grid, known in full before the bottom one is sampled, so nothing is masked:
+            # embedded, upsampled to the bottom grid, two 3x3 convolutions, then one 1x1 to every
+            # layer's 2C gate inputs at once.
+            self.top_embedding = nn.Embedding(self.cfg.top_codes, c)
+            self.top_stack = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, 2 * c * self.cfg.layers, 1),
+            )
         self.layers = nn.ModuleList(
             GatedLayer(c, self.cfg.kernel, "A" if i == 0 else "B") for i in range(self.cfg.layers)
         )
@@ -172,17 +200,34 @@ class GatedPixelCNN(nn.Module):
         e = self.alpha_embedding(alpha.to(self.embedding.weight.dtype)[:, None])
         return [lin(e) for lin in self.cond]
 
-    def forward_embedded(self, x: Tensor, alpha: Tensor | None = None) -> Tensor:
+    def conditioning_map(self, top: Tensor | None, batch: int, grid: tuple[int, int] | None = None) -> list[Tensor | None]:
+        """Per layer, the gate offsets Tensor[B, 2C, H, W] of the top grids top: Tensor[B, H/2, W/2]
+        int64 (None for a prior without cfg.top_codes); grid: the (H, W) sampled (default cfg.grid)."""
+        if not self.cfg.top_codes:
+            if top is not None:
+                raise ValueError("this prior is not conditioned on a top grid (top_codes=0), got top=")
+            return [None] * self.cfg.layers
+        h, w = self.cfg.grid if grid is None else grid
+        if top is None or top.dtype != torch.int64 or tuple(top.shape) != (batch, h // 2, w // 2) or h % 2 or w % 2:
+            got = None if top is None else f"{top.dtype} {tuple(top.shape)}"
+            raise ValueError(f"this bottom prior of {h}x{w} grids needs the top grids as int64 [{batch}, {h / 2:g}, {w / 2:g}], got {got}")
+        if top.numel() and (top.min() < 0 or top.max() >= self.cfg.top_codes):
+            raise ValueError(f"top grids should hold codes in 0..{self.cfg.top_codes - 1}, got {int(top.min())}..{int(top.max())}")
+        out = self.top_stack(self.top_embedding(top).permute(0, 3, 1, 2))  # [B, L * 2C, H, W]
+        return list(out.chunk(self.cfg.layers, dim=1))
+
+    def forward_embedded(self, x: Tensor, alpha: Tensor | None = None, top: Tensor | None = None) -> Tensor:
         """Embedded grids Tensor[B, C, H, W] -> logits Tensor[B, codes, H, W]."""
         conds = self.conditioning(alpha, x.shape[0])
+        maps = self.conditioning_map(top, x.shape[0], tuple(x.shape[-2:]))
         v, h, skip = x, x, 0
-        for layer, cond in zip(self.layers, conds):
-            v, h, s = layer(v, h, cond)
+        for layer, cond, cond_map in zip(self.layers, conds, maps):
+            v, h, s = layer(v, h, cond, cond_map)
             skip = skip + s
         return self.head(skip)
 
-    def forward(self, indices: Tensor, alpha: Tensor | None = None) -> Tensor:
-        return self.forward_embedded(self.embed(indices), alpha)
+    def forward(self, indices: Tensor, alpha: Tensor | None = None, top: Tensor | None = None) -> Tensor:
+        return self.forward_embedded(self.embed(indices), alpha, top)
 
     def weights_key(self) -> tuple:
         """Changes whenever the parameters may have: any in-place write (optimizer steps,
@@ -245,3 +290,14 @@ class GatedPixelCNN(nn.Module):
             w = self.embedding.weight
             return w.new_zeros(self.cfg.layers, alpha.shape[0], 2 * self.cfg.channels)
         return torch.stack(conds).contiguous()
+
+    @torch.no_grad()
+    def sampling_conditioning_map(self, top: Tensor | None, batch: int) -> Tensor | None:
+        """The gate offsets of every layer at every position for the top grids top: Tensor[B, H/2,
+        W/2] -> Tensor[layers, B, H, W, 2C] (None for a prior without a top grid), the `cond_map`
+        argument of the sampling ops: computed once, before the loop."""
+        grid = None if top is None else (2 * top.shape[-2], 2 * top.shape[-1])
+        maps = self.conditioning_map(top, batch, grid)
+        if maps[0] is None:
+            return None
+        return torch.stack(maps).permute(0, 1, 3, 4, 2).contiguous()

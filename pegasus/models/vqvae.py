@@ -186,9 +186,13 @@ class VQVAE(nn.Module):
         q = self.quantizer(self.encode(x))
         return VQVAEOutput(self.decode(q.quantized), q.indices, q.loss, q.perplexity, q.usage)
 
+    def latent_codes(self, z_e: Tensor) -> list[Tensor]:
+        """[code grid Tensor[B, h, w] int64] of continuous latents z_e (`encode`'s; one level)."""
+        return [self.quantize(z_e)]
+
     def codes(self, x: Tensor) -> list[Tensor]:
         """[code grid Tensor[B, h, w] int64] of images x (one level)."""
-        return [self.quantize(self.encode(x))]
+        return self.latent_codes(self.encode(x))
 
     def decode_codes(self, grids: list[Tensor]) -> Tensor:
         """`codes`' list -> images Tensor[B, 3, H, W] on the [0, 1] scale."""
@@ -244,13 +248,21 @@ class VQVAE2(nn.Module):
         """Quantised latents Tensor[B, D, h/2, w/2] and Tensor[B, D, h, w] -> images on the [0, 1] scale."""
         return self.decoder(torch.cat([q_bottom, self.upsample_top(q_top)], 1)) + 0.5
 
-    def codes(self, x: Tensor) -> list[Tensor]:
-        """[top grid Tensor[B, H/2f, W/2f], bottom grid Tensor[B, H/f, W/f]] int64 of images x."""
+    def encode(self, x: Tensor) -> Tensor:
+        """The continuous latents both levels are computed from: the bottom encoder's features
+        x: Tensor[B, 3, H, W] in [0, 1] -> Tensor[B, hidden, H/f, W/f] (interpolation mixes these)."""
         self._check_images(x)
-        features = self.encoder_bottom(x - 0.5)
+        return self.encoder_bottom(x - 0.5)
+
+    def latent_codes(self, features: Tensor) -> list[Tensor]:
+        """[top grid Tensor[B, h/2, w/2], bottom grid Tensor[B, h, w]] int64 of `encode`'s features."""
         top = self.quantizer_top.quantize(self.encoder_top(features))
         bottom = self.quantizer_bottom.quantize(self._bottom_latents(features, self.quantizer_top.lookup(top)))
         return [top, bottom]
+
+    def codes(self, x: Tensor) -> list[Tensor]:
+        """[top grid Tensor[B, H/2f, W/2f], bottom grid Tensor[B, H/f, W/f]] int64 of images x."""
+        return self.latent_codes(self.encode(x))
 
     def decode_codes(self, grids: list[Tensor]) -> Tensor:
         """[top grid, bottom grid] (as `codes` gives) -> images Tensor[B, 3, H, W] on the [0, 1] scale."""
