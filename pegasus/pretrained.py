@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -35,6 +36,7 @@ from pegasus.rundir import (
     VQVAE_EVAL,
     VQVAE_WEIGHTS,
     load_classifier,
+    prior_dir,
 )
 from pegasus.sample import Run, load_run
 
@@ -64,18 +66,26 @@ def pretrained(device: str | torch.device = "cpu") -> Run:
 def export_run(run_dir: str | os.PathLike, dest: str | os.PathLike = WEIGHTS_DIR, half: bool = False) -> dict[str, int]:
     """Copy what sampling needs from a finished run directory to `dest`, the prior's weights in
     float16 when `half` (the VQ-VAE's stay float32: 2.9 MB); the configs keep the model, training
-    and data settings. Returns the size in bytes of each file in `dest`."""
+    and data settings; a two-level run's top prior goes to dest/top/. Returns the size in bytes of each
+file in `dest` (and dest/top/)."""
     run_dir, dest = Path(run_dir), Path(dest)
-    load_run(run_dir)  # a run that does not load is not exported
+    run = load_run(run_dir)  # a run that does not load is not exported
     dest.mkdir(parents=True, exist_ok=True)
-    sizes = {}
-    for name in (VQVAE_WEIGHTS, PRIOR_WEIGHTS):
-        tensors = load_file(run_dir / name)
-        halved = half and name == PRIOR_WEIGHTS
-        if halved:
-            tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
-        data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={"source": str(run_dir.name), "dtype": "float16" if halved else "float32"})
-        atomic_write_bytes(dest / name, data)
+    # A two-level run's top prior goes to dest/top/ as it lies in RUN_DIR/top/.
+    folders = [(run_dir, dest)]
+    if run.levels == 2:
+        folders.append((prior_dir(run_dir, "top"), prior_dir(dest, "top")))
+        prior_dir(dest, "top").mkdir(exist_ok=True)
+    else:  # a top prior left by an earlier export would not belong to this run
+        shutil.rmtree(prior_dir(dest, "top"), ignore_errors=True)
+    for src, dst in folders:
+        for name in (VQVAE_WEIGHTS, PRIOR_WEIGHTS) if src == run_dir else (PRIOR_WEIGHTS,):
+            tensors = load_file(src / name)
+            halved = half and name == PRIOR_WEIGHTS
+            if halved:
+                tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+            data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={"source": str(run_dir.name), "dtype": "float16" if halved else "float32"})
+            atomic_write_bytes(dst / name, data)
     keep = {
         CONFIG: ("format", "pegasus", "vqvae", "train", "data"),
         PRIOR_CONFIG: ("format", "pegasus", "prior", "train", "latents"),
@@ -84,16 +94,16 @@ def export_run(run_dir: str | os.PathLike, dest: str | os.PathLike = WEIGHTS_DIR
         SELECTION: None,
         SAMPLING: None,
     }
-    for name, fields in keep.items():
-        if not (run_dir / name).is_file():
-            continue
-        record = json.loads((run_dir / name).read_text())
-        if fields is not None:
-            record = {k: record[k] for k in fields if k in record}
-        atomic_write_text(dest / name, json.dumps(_portable(record, dest / name), indent=2) + "\n")
-    for path in dest.iterdir():
-        sizes[path.name] = path.stat().st_size
-    return sizes
+    for src, dst in folders:
+        for name, fields in keep.items():
+            if not (src / name).is_file() or (src != run_dir and name not in (PRIOR_CONFIG, PRIOR_EVAL)):
+                continue
+            record = json.loads((src / name).read_text())
+            if fields is not None:
+                record = {k: record[k] for k in fields if k in record}
+            atomic_write_text(dst / name, json.dumps(_portable(record, dst / name), indent=2) + "\n")
+    return {str(path.relative_to(dest)): path.stat().st_size
+            for _, folder in folders for path in sorted(folder.iterdir()) if path.is_file()}
 
 
 def export_classifier(folder: str | os.PathLike, dest: str | os.PathLike = WEIGHTS_DIR, half: bool = True) -> dict[str, int]:

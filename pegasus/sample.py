@@ -141,6 +141,20 @@ class Run:
         decoding go batch by batch, only the images are kept whole)."""
         return torch.cat(list(self.iter_samples(n, alpha, **options)))
 
+    @torch.no_grad()
+    def swap_levels(self, codes: list[Tensor]) -> Tensor:
+        """What each level holds, as a picture: for n two-level samples' [top, bottom] grids
+        (`sample_codes`), uint8 images Tensor[n, n, 3, H, W] whose cell (r, c) decodes sample r's
+        top codes with sample c's bottom codes: a row shares its top codes, a column its bottom
+        codes, and the diagonal holds the samples themselves."""
+        if self.levels != 2:
+            raise ValueError(f"{self.run_dir} is a one-level run: swap_levels needs a two-level run")
+        top, bottom = codes
+        n = len(top)
+        rows = top[:, None].expand(n, n, *top.shape[1:]).flatten(0, 1)
+        cols = bottom[None].expand(n, n, *bottom.shape[1:]).flatten(0, 1)
+        return self.decode([rows, cols]).view(n, n, 3, *self.image_size)
+
     @property
     def grids(self) -> list[tuple[int, int]]:
         """The (h, w) of every level's grid, top first."""

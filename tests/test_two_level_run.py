@@ -78,6 +78,17 @@ def test_keep_top_resamples_only_the_bottom_and_the_reverse(run2):
         run.sample_indices(2)
 
 
+def test_swap_levels_rows_share_the_top_columns_the_bottom(run2, tiny_run):
+    run = load_run(run2)
+    codes = run.sample_codes(3, 0.5, seed=2)
+    sheet = run.swap_levels(codes)
+    assert sheet.shape == (3, 3, 3, 16, 16) and sheet.dtype == torch.uint8
+    assert torch.equal(sheet.diagonal(dim1=0, dim2=1).permute(3, 0, 1, 2), run.decode(codes))
+    assert torch.equal(sheet[0, 2], run.decode([codes[0][:1], codes[1][2:]])[0])
+    with pytest.raises(ValueError, match="one-level run"):
+        load_run(tiny_run).swap_levels(codes)
+
+
 def test_cli_keep_top_and_keep_bottom(run2, tiny_run, tmp_path, capsys):
     picture = tmp_path / "from.png"
     Image.fromarray(np.full((40, 24, 3), 200, np.uint8)).save(picture)  # another size: resized to 16x16
@@ -119,6 +130,16 @@ def test_train_prior_levels_and_mismatched_runs_say_what_is_wrong(run2, tiny_run
     shutil.rmtree(broken / "top")
     assert main(["sample", "--run-dir", str(broken), "--out", str(tmp_path / "s.png")]) == 1
     assert "top/prior_config.json" in capsys.readouterr().err
+
+
+def test_export_ships_the_top_prior(run2, tmp_path):
+    from pegasus.pretrained import export_run
+
+    sizes = export_run(run2, tmp_path / "w", half=True)
+    assert {"vqvae.safetensors", "prior.safetensors", "top/prior.safetensors", "top/prior_config.json"} <= set(sizes)
+    shipped, run = load_run(tmp_path / "w"), load_run(run2)
+    assert shipped.levels == 2 and shipped.grids == run.grids
+    assert shipped.sample(3, seed=0).shape == (3, 3, 16, 16)
 
 
 def test_evaluate_understands_two_level_runs(run2, tmp_path):
