@@ -169,9 +169,9 @@ def test_sigkilled_pipeline_resumes_the_prior_stage(tiny_folder, tiny_run, tmp_p
         "from pegasus import pipeline\n"
         "import pegasus.train_prior as prior\n"
         "real = prior._cross_entropy\n"
-        "def slow(*args):\n"
+        "def slow(*args, **kwargs):\n"
         "    time.sleep(0.1)\n"
-        "    return real(*args)\n"
+        "    return real(*args, **kwargs)\n"
         "prior._cross_entropy = slow\n"
         f"pipeline.run_pipeline(sys.argv[1], sys.argv[2], settings={TINY_PIPELINE!r}, progress=False)\n"
     )
