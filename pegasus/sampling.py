@@ -232,7 +232,8 @@ def iter_sample_indices(
     param = next(prior.parameters())
     name = backends.resolve(backends.SAMPLER, backend, param.device, param.dtype)
     if noise is None:
-        check_fits(batch, (height, width), prior.cfg.codes, param.device)
+        map_values = prior.cfg.layers * 2 * prior.cfg.channels if prior.cfg.top_codes else 0
+        check_fits(batch, (height, width), prior.cfg.codes, param.device, map_values)
     return _batches(prior, n, float(alpha), float(temperature), top_k, seed, noise, name, batch, (height, width), top, stream)
 
 
@@ -263,20 +264,23 @@ def _batches(
             prior.train(was_training)
 
 
-def check_fits(n: int, grid: tuple[int, int], codes: int, device: torch.device) -> None:
+def check_fits(n: int, grid: tuple[int, int], codes: int, device: torch.device, cond_map_values: int = 0) -> None:
     """MemoryError saying how many samples fit, when the noise of n samples sampled at once would not
     fit in the memory available now: n*H*W*K values of 4 bytes (float32), and a float64 copy on
-    the way to another device or dtype: 12 bytes a value, counted whole."""
-    per_sample = grid[0] * grid[1] * codes * 12
+    the way to another device or dtype: 12 bytes a value, counted whole. cond_map_values: for a
+    bottom prior, the float32 values of its conditioning per position (layers x 2C), counted too:
+    4 KB a position for the default prior (8 layers, 64 channels), beside the noise's 6 KB."""
+    per_sample = grid[0] * grid[1] * (codes * 12 + cond_map_values * 4)
     need = n * per_sample
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
     else:
         free = _available_ram()
     if free is not None and need > free:
+        what = "Gumbel noise" + (" and conditioning" if cond_map_values else "")
         raise MemoryError(
-            f"n={n} samples would need {need / 2**30:.1f} GiB for their Gumbel noise ({grid[0]}x{grid[1]} positions x "
-            f"{codes} codes x 12 bytes each), but {free / 2**30:.1f} GiB is available on {device.type}: at most "
+            f"n={n} samples would need {need / 2**30:.1f} GiB for their {what} ({grid[0]}x{grid[1]} positions x "
+            f"{per_sample // (grid[0] * grid[1])} bytes each), but {free / 2**30:.1f} GiB is available on {device.type}: at most "
             f"{free // per_sample} fit now; sample in batches (batch_size=, --batch-size)"
         )
 

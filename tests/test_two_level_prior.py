@@ -167,3 +167,13 @@ def test_noise_streams_are_independent():
     b = gumbel_noise(2, (2, 2), 5, seed=3, stream=1)
     assert not torch.isclose(a, b).any()
     assert torch.equal(b[1:], gumbel_noise(1, (2, 2), 5, seed=3, first=1, stream=1))
+
+
+def test_memory_estimate_counts_the_conditioning(monkeypatch):
+    from pegasus import sampling
+
+    monkeypatch.setattr(sampling, "_available_ram", lambda: 10 * 2**20)
+    with pytest.raises(MemoryError, match="noise \\(8x8 positions x 6144 bytes each\\).*at most 26 fit now"):
+        sampling.check_fits(64, (8, 8), 512, torch.device("cpu"))
+    with pytest.raises(MemoryError, match="noise and conditioning .*10240 bytes each.*at most 16 fit now"):
+        sampling.check_fits(64, (8, 8), 512, torch.device("cpu"), cond_map_values=8 * 128)
