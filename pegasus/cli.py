@@ -587,8 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--batch-size", type=_positive_int, default=256, metavar="B",
                           help="samples drawn at a time (default 256): memory grows with B, not with n; sample i "
                           "is the same whatever B")
-    sampling.add_argument("--keep-top", metavar="FROM.png", help="two-level runs: every sample keeps the top codes (the "
-                          "shape) of this picture, encoded by the run's VQ-VAE; only the bottom codes (the texture) are sampled")
+    sampling.add_argument("--keep-top", metavar="FROM.png", help="two-level runs: every sample keeps the top codes of this "
+                          "picture (encoded by the run's VQ-VAE; the coarse level: colours and layout in the CIFAR-10 run); "
+                          "only the bottom codes are sampled")
     sampling.add_argument("--keep-bottom", metavar="FROM.png", help="two-level runs: every sample keeps this picture's "
                           "bottom codes; only the top codes are sampled")
 

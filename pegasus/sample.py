@@ -67,7 +67,8 @@ class Run:
         [grid], or [top, bottom] for a two-level run). options as `sample_indices` (no noise=).
 
         Two-level runs only: top, Tensor[n, h/2, w/2] or one grid [h/2, w/2] for all: keep these top
-        grids (the global shape) and sample only the bottom ones (the texture) given them; bottom,
+        grids (the coarse level: colours and layout, in the CIFAR-10 run) and sample only the bottom
+        ones given them; bottom,
         Tensor[n, h, w] or [h, w]: keep these bottom grids and sample new top grids for them. Sample
         i's top grid comes from the seed's noise stream 0, its bottom grid from stream 1
         (`gumbel_noise`), so a kept level leaves the other level's draws as they were."""
@@ -257,8 +258,8 @@ def sample_to_file(
     """Sample n images from RUN_DIR (or a loaded Run) and write them to `out` (see `output_kind`),
     `batch_size` at a time: memory grows with the batch, not with n (an image grid holds at most
     MAX_GRID). temperature None: the run's. best_of: sample that many and keep the n whitest (image grids only).
-    keep_top / keep_bottom (two-level runs): a picture whose top grid (its shape) / bottom grid (its
-    texture) every sample keeps, the other level being sampled (`Run.sample_codes`); it is encoded
+    keep_top / keep_bottom (two-level runs): a picture whose top grid / bottom grid every sample
+    keeps, the other level being sampled (`Run.sample_codes`); it is encoded
     by the run's VQ-VAE, resized to the run's image size first if it differs. Returns what was
     done, the sampling time and the time per sampling step (one position of a whole batch)."""
     kind = output_kind(out)

@@ -2,7 +2,9 @@
 
 Reads RUN_DIR/latents.safetensors (`pegasus interpolate`) and the VQ-VAE's config.json; writes
 prior_config.json, prior_checkpoint.safetensors, prior_metrics.jsonl, prior.safetensors,
-prior_eval.json and prior_loss_curves.png (pegasus.rundir describes them).
+prior_eval.json and prior_loss_curves.png (pegasus.rundir describes them). A two-level run has two
+priors: the top one (level "top", its files in RUN_DIR/top/) and the bottom one (the run's own
+files), which reads each grid's top grid.
 
 The held-out split is by pair: a seeded `held_out` share of the bird/horse pairs, every alpha of
 them, so the held-out NLL measures grids of pairs the prior never saw. It is measured at every
@@ -38,6 +40,7 @@ from pegasus.images import save_loss_curves
 from pegasus.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
 from pegasus.rundir import (
     CLASS_LATENTS,
+    LATENTS,
     PRIOR_BEST,
     PRIOR_CHECKPOINT,
     PRIOR_CONFIG,
@@ -46,7 +49,6 @@ from pegasus.rundir import (
     PRIOR_METRICS,
     PRIOR_WEIGHTS,
     latents_meta,
-    LATENTS,
     prior_dir,
     read_class_latents,
     read_latents,
