@@ -78,3 +78,14 @@ def test_triton_sampler_top_k():
     noise = gumbel_noise(4, (5, 6), 13, seed=2, device=CUDA) * 3
     ref = sample_indices(prior, 4, top_k=3, noise=noise, backend="naive")
     assert torch.equal(sample_indices(prior, 4, top_k=3, noise=noise, backend="triton"), ref)
+
+
+@pytest.mark.parametrize("kernel, layers, grid", [(3, 2, (4, 6)), (5, 3, (8, 8))])
+def test_triton_bottom_prior_same_grids_float64(kernel, layers, grid):
+    """The bottom prior of a two-level model: its top grid's conditioning (cond_map) through the
+    Triton row kernel, against the naive sampler."""
+    prior = random_prior(13, layers, kernel, True, torch.float64, seed=kernel, top_codes=7).to(CUDA)
+    top = torch.randint(0, 7, (3, grid[0] // 2, grid[1] // 2), generator=torch.Generator().manual_seed(1)).to(CUDA)
+    noise = gumbel_noise(3, grid, 13, seed=5, dtype=torch.float64, device=CUDA)
+    kwargs = {"alpha": 0.6, "temperature": 0.9, "noise": noise, "top": top}
+    assert torch.equal(sample_indices(prior, 3, backend="triton", **kwargs), sample_indices(prior, 3, backend="naive", **kwargs))
