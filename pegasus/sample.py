@@ -72,14 +72,23 @@ class Run:
         Tensor[n, h, w] or [h, w]: keep these bottom grids and sample new top grids for them. Sample
         i's top grid comes from the seed's noise stream 0, its bottom grid from stream 1
         (`gumbel_noise`), so a kept level leaves the other level's draws as they were."""
+        return [torch.cat(level) for level in zip(*self._iter_codes(n, alpha, top, bottom, options))]
+
+    def _iter_codes(self, n: int, alpha: float, top: Tensor | None, bottom: Tensor | None,
+                    options: dict[str, Any]) -> Iterator[list[Tensor]]:
+        """`sample_codes` one batch at a time (options["batch_size"]): every level's grids per batch.
+        Arguments are checked at the call, before the first batch."""
         self._check_level_options(top, bottom, options)
-        if self.levels == 1:
-            return [self.sample_indices(n, alpha, **options)]
         options = self._options(options)
+        if self.levels == 1:
+            return ([grids] for grids in iter_sample_indices(self.prior, n, alpha, **options))
+        # The top grids of all n first (h/2 x w/2 codes each: small), then the bottom ones batch by batch.
         tops = self._top_grids(n, alpha, top, options)
         if bottom is not None:
-            return [tops, _kept(bottom, n, self.prior.cfg.grid, "bottom").to(tops.device)]
-        return [tops, sample_indices(self.prior, n, alpha, top=tops, stream=1, **options)]
+            bottoms = _kept(bottom, n, self.prior.cfg.grid, "bottom").to(tops.device)
+            batch = options.get("batch_size") or n
+            return ([tops[i : i + batch], bottoms[i : i + batch]] for i in range(0, n, batch))
+        return _with_tops(tops, iter_sample_indices(self.prior, n, alpha, top=tops, stream=1, **options))
 
     def _check_level_options(self, top: Tensor | None, bottom: Tensor | None, options: dict[str, Any]) -> None:
         if self.levels == 1:
@@ -118,23 +127,8 @@ class Run:
         """`sample` one batch at a time (options["batch_size"]): uint8 Tensor[b, 3, H, W] per batch,
         in order. Arguments are checked at the call, before the first batch."""
         top, bottom = options.pop("top", None), options.pop("bottom", None)
-        self._check_level_options(top, bottom, options)
-        if self.levels == 1:
-            return (self.decode(grids) for grids in iter_sample_indices(self.prior, n, alpha, **self._options(options)))
-        options = self._options(options)
-        # The top grids of all n first (h/2 x w/2 codes each: small), then the bottom ones batch by batch.
-        tops = self._top_grids(n, alpha, top, options)
-        if bottom is not None:
-            bottoms = _kept(bottom, n, self.prior.cfg.grid, "bottom")
-            batch = options.get("batch_size") or n
-            return (self.decode([tops[i : i + batch], bottoms[i : i + batch]]) for i in range(0, n, batch))
-        return self._decode_batches(tops, iter_sample_indices(self.prior, n, alpha, top=tops, stream=1, **options))
-
-    def _decode_batches(self, tops: Tensor, bottoms: Iterator[Tensor]) -> Iterator[Tensor]:
-        first = 0
-        for grids in bottoms:
-            yield self.decode([tops[first : first + len(grids)], grids])
-            first += len(grids)
+        # a one-level run's grids go to decode as one Tensor, as `decode` documents them
+        return (self.decode(codes if self.levels == 2 else codes[0]) for codes in self._iter_codes(n, alpha, top, bottom, options))
 
     def sample(self, n: int, alpha: float = 0.5, **options: Any) -> Tensor:
         """n sampled, decoded images: uint8 Tensor[n, 3, H, W] (options as `sample_indices`, and
@@ -168,6 +162,14 @@ class Run:
         return h * self.vqvae.cfg.downsample, w * self.vqvae.cfg.downsample
 
 
+def _with_tops(tops: Tensor, bottoms: Iterator[Tensor]) -> Iterator[list[Tensor]]:
+    """[top grids, bottom grids] of each batch of `bottoms`, in order."""
+    first = 0
+    for grids in bottoms:
+        yield [tops[first : first + len(grids)], grids]
+        first += len(grids)
+
+
 def _device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
@@ -199,12 +201,11 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     naming it and the command that makes it."""
     run_dir = Path(run_dir)
     vqvae, prior = load_vqvae(run_dir, device), load_prior(run_dir, device)
-    for p, where in ((prior, PRIOR_CONFIG),):
-        if p.cfg.codes != vqvae.cfg.codes:
-            raise CheckpointError(
-                f"{run_dir}: the prior models {p.cfg.codes} codes ({where}) but the VQ-VAE has "
-                f"{vqvae.cfg.codes} codes (config.json): they come from different runs"
-            )
+    if prior.cfg.codes != vqvae.cfg.codes:
+        raise CheckpointError(
+            f"{run_dir}: the prior models {prior.cfg.codes} codes ({PRIOR_CONFIG}) but the VQ-VAE has "
+            f"{vqvae.cfg.codes} codes (config.json): they come from different runs"
+        )
     top_prior = None
     if vqvae.cfg.levels == 2:
         top_prior = load_prior(run_dir, device, "top")
