@@ -1,17 +1,24 @@
-// CPU kernel of pegasus::nearest_code: the N x K distance matrix never exists.
+// CPU kernel of pegasus::nearest_code: the N x K distance matrix never exists, not even a tile of it.
 //
-// Rows of z are split into tiles of kTileRows, spread over threads with at::parallel_for. For each
-// row tile and each tile of kTileCodes codes, one BLAS product (at::mm_out, MKL in the torch
-// wheels; at::parallel_for keeps it single-threaded inside) writes -2 z.e into a per-thread buffer
-// that stays in L2, and the tile is reduced to a running argmin of ||e||^2 - 2 z.e per row while it
-// is still in cache. ||z||^2 is added to the winner only (it does not change the argmin).
+// Rows of z are split into tiles of kTileRows, spread over threads with at::parallel_for. Each tile
+// is centred into a per-thread buffer and handed to pegasus::nearest_rows (csrc/cpu/vec_kernels*),
+// which keeps a block of rows x codes of -2 z.e in registers through the whole D loop and folds it
+// into a running argmin of ||e||^2 - 2 z.e per row at once. ||z||^2 is added to the winner only (it
+// does not change the argmin).
+//
+// Before (issue 23): one BLAS product per tile of 256 rows x 512 codes into an L2 buffer, then a
+// vectorised argmin pass over it. At K=512, D=64 on one Zen 4 core (AVX-512) that ran 6.6 / 54 /
+// 309 ms at N = 4096 / 36864 / 262144, 0.81-0.88x FAISS's IndexFlatL2 (5.4 / 44 / 272 ms): the
+// products wrote and re-read 128 floats per 128 flops of a product of depth 64.
 //
 // Exactness: the expanded form ||z||^2 - 2z.e + ||e||^2 cancels catastrophically when vectors share
 // a large offset (float32 inputs shifted by 1e3 pick wrong codes). Both inputs are centred on the
 // codebook mean first; squared distances do not change, and z - mean is exact for close values.
 //
-// Memory: per thread kTileRows*D + kTileRows*kTileCodes accumulators, plus the centred codebook
-// (K*D) and its norms; nothing scales with N*K.
+// Memory: per thread kTileRows*D, plus the centred codebook (K*D, in panels) and its norms; nothing
+// scales with N*K.
+#include "vec_kernels.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -28,74 +35,9 @@
 namespace pegasus {
 namespace {
 
-// Tile sizes, measured at N=36864, K=512, D=64 (float32, 2-core AVX-512 EPYC, idle): 64, 128, 256
-// and 512 rows x 512 codes all take 40-42 ms on one thread and 21-22 ms on two; with addmm (beta=1
-// broadcasting the norms into the output first) 256 x 512 took 51 ms on one thread. Long code tiles
-// amortise the BLAS call and the argmin's setup; 256 x 512 floats = 512 KiB per thread stays in L2.
-constexpr int64_t kTileRows = 256;
-constexpr int64_t kTileCodes = 512;
-
-// Running argmin over one tile of codes in two passes that the compiler vectorises: the tile's
-// minimum in kLanes independent lanes (std::min per lane needs no reassociation; a single running
-// (min, index) pair with a data-dependent branch did not vectorise and cost 35 of 80 ms at
-// N=36864, K=512, D=64 on one thread), then, only when that beats the running best, the first
-// index holding it, tested kLanes codes at a time. The first index keeps ties at the lowest code;
-// the strict `<` against the running best keeps them in the earlier tile. NaN distances are never
-// chosen here (std::min keeps the lane value); NaN rows are handled by the caller.
-template <typename acc_t>
-inline void argmin_row(const acc_t* dist, const acc_t* norms, int64_t count, int64_t first_code,
-                       acc_t& best, int64_t& best_code) {
-  constexpr int kLanes = 64 / sizeof(acc_t);  // one cache line, up to one 512-bit register
-  acc_t lane_min[kLanes];
-  for (int l = 0; l < kLanes; ++l) lane_min[l] = std::numeric_limits<acc_t>::infinity();
-  int64_t c = 0;
-  for (; c + kLanes <= count; c += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lane_min[l] = std::min(lane_min[l], dist[c + l] + norms[c + l]);
-  }
-  acc_t tile_min = lane_min[0];
-  for (int l = 1; l < kLanes; ++l) tile_min = std::min(tile_min, lane_min[l]);
-  for (int64_t t = c; t < count; ++t) tile_min = std::min(tile_min, dist[t] + norms[t]);
-  if (!(tile_min < best)) return;
-  int64_t chunk = 0;
-  for (; chunk + kLanes <= count; chunk += kLanes) {
-    int hit = 0;
-    for (int l = 0; l < kLanes; ++l) hit |= dist[chunk + l] + norms[chunk + l] == tile_min;
-    if (hit) break;
-  }
-  while (dist[chunk] + norms[chunk] != tile_min) ++chunk;  // tile_min is in the tile: this stops
-  best = tile_min;
-  best_code = first_code + chunk;
-}
-
-// GCC compiles an AVX2 copy next to the baseline (SSE2) one and picks at load time (the wheel's
-// portable flags give SSE2 only): 52-54 ms instead of 55-58 ms at N=36864, K=512, D=64 on one
-// thread, a small gain on a noisy host.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define PEGASUS_TARGET_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define PEGASUS_TARGET_CLONES
-#endif
-
-// argmin_row over the `rows` rows of one tile: dist is [rows, count] row-major.
-template <typename acc_t>
-inline void argmin_rows_impl(const acc_t* dist, const acc_t* norms, int64_t rows, int64_t count,
-                             int64_t first_code, acc_t* best, int64_t* best_code) {
-  for (int64_t i = 0; i < rows; ++i) {
-    argmin_row<acc_t>(dist + i * count, norms, count, first_code, best[i], best_code[i]);
-  }
-}
-
-PEGASUS_TARGET_CLONES void argmin_rows(const float* dist, const float* norms, int64_t rows,
-                                       int64_t count, int64_t first_code, float* best,
-                                       int64_t* best_code) {
-  argmin_rows_impl<float>(dist, norms, rows, count, first_code, best, best_code);
-}
-
-PEGASUS_TARGET_CLONES void argmin_rows(const double* dist, const double* norms, int64_t rows,
-                                       int64_t count, int64_t first_code, double* best,
-                                       int64_t* best_code) {
-  argmin_rows_impl<double>(dist, norms, rows, count, first_code, best, best_code);
-}
+// Rows per tile: a multiple of every build's row block (6 for AVX-512, 4 for AVX2 and portable),
+// small enough that N=4096 still gives each of a few threads several tiles.
+constexpr int64_t kTileRows = 96;
 
 template <typename scalar_t>
 void nearest_code_impl(const scalar_t* z, int64_t z_row_stride, int64_t z_col_stride,
@@ -110,29 +52,26 @@ void nearest_code_impl(const scalar_t* z, int64_t z_row_stride, int64_t z_col_st
   }
   std::vector<acc_t> mean(d);
   for (int64_t j = 0; j < d; ++j) mean[j] = static_cast<acc_t>(mean_sum[j] / static_cast<double>(k));
-  // -2 (e - mean), stored [D, K]: the tile product is then a plain z_tile @ codes_t (no beta
-  // pass that first broadcasts the norms into the output), and ||e||^2 is added in the argmin.
-  std::vector<acc_t> codes_t(d * k);
-  std::vector<acc_t> norms(k);
+  // -2 (e - mean) in panels of P codes ([K/P][D][P], vec_kernels.h), padded with zero codes whose
+  // norm is +inf (never chosen); the norms ||e - mean||^2 are added at the argmin.
+  const int64_t P = nearest_panel<acc_t>();
+  const int64_t kp = (k + P - 1) / P * P;
+  std::vector<acc_t> panels(kp * d, acc_t(0));
+  std::vector<acc_t> norms(kp, std::numeric_limits<acc_t>::infinity());
   for (int64_t c = 0; c < k; ++c) {
     acc_t sq = 0;
+    acc_t* panel = panels.data() + (c / P) * d * P + c % P;
     for (int64_t j = 0; j < d; ++j) {
       const acc_t v = static_cast<acc_t>(codebook[c * d + j]) - mean[j];
-      codes_t[j * k + c] = -2 * v;
+      panel[j * P] = -2 * v;
       sq += v * v;
     }
     norms[c] = sq;
   }
 
-  const int64_t tile_codes = std::min(k, kTileCodes);
   const int64_t row_tiles = (n + kTileRows - 1) / kTileRows;
-  const auto acc_options = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  const at::Tensor codes_tt = at::from_blob(codes_t.data(), {d, k}, acc_options);
   at::parallel_for(0, row_tiles, 1, [&](int64_t tile_begin, int64_t tile_end) {
-    at::Tensor zt_t = at::empty({kTileRows, d}, acc_options);
-    at::Tensor dist_t = at::empty({kTileRows * tile_codes}, acc_options);
-    acc_t* zt = zt_t.mutable_data_ptr<acc_t>();
-    const acc_t* dist = dist_t.const_data_ptr<acc_t>();
+    std::vector<acc_t> zt(kTileRows * d);
     acc_t best[kTileRows];
     int64_t best_code[kTileRows];
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
@@ -148,17 +87,8 @@ void nearest_code_impl(const scalar_t* z, int64_t z_row_stride, int64_t z_col_st
             zt[i * d + j] = static_cast<acc_t>(zi[j * z_col_stride]) - mean[j];
           }
         }
-        best[i] = std::numeric_limits<acc_t>::infinity();
-        best_code[i] = 0;
       }
-      const at::Tensor zt_rows = zt_t.narrow(0, 0, rows);
-      for (int64_t c0 = 0; c0 < k; c0 += tile_codes) {
-        const int64_t count = std::min(tile_codes, k - c0);
-        // dist[i, c] = -2 z_i . e_c0+c, one BLAS call per tile.
-        at::Tensor out = dist_t.narrow(0, 0, rows * count).view({rows, count});
-        at::mm_out(out, zt_rows, codes_tt.narrow(1, c0, count));
-        argmin_rows(dist, norms.data() + c0, rows, count, c0, best, best_code);
-      }
+      nearest_rows(zt.data(), d, rows, panels.data(), norms.data(), d, kp, best, best_code);
       for (int64_t i = 0; i < rows; ++i) {
         acc_t sq = 0;
         for (int64_t j = 0; j < d; ++j) sq += zt[i * d + j] * zt[i * d + j];
@@ -184,6 +114,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z, const a
   TORCH_CHECK(z.size(1) == codebook.size(1), "nearest_code: z has D=", z.size(1),
               " but codebook has D=", codebook.size(1));
   TORCH_CHECK(codebook.size(0) > 0, "nearest_code: codebook is empty (K=0)");
+  TORCH_CHECK(codebook.size(0) < std::numeric_limits<int32_t>::max(), "nearest_code (cpu): K should be below 2^31 - 1, got ",
+              codebook.size(0));
   TORCH_CHECK(z.scalar_type() == codebook.scalar_type(), "nearest_code: z is ", z.scalar_type(),
               " but codebook is ", codebook.scalar_type());
   TORCH_CHECK(at::isFloatingType(z.scalar_type()), "nearest_code: expected a floating dtype, got ",

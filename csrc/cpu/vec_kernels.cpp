@@ -20,6 +20,12 @@
   void gemm_double(const pegasus::Rows<double>&, const double*, const double*, int64_t, double*, int64_t,        \
                    int64_t, int64_t, int64_t, int64_t, int64_t);                                                  \
   void gate(const float*, const float*, int64_t, float*);                                                         \
+  int64_t nearest_panel_float();                                                                                  \
+  int64_t nearest_panel_double();                                                                                 \
+  void nearest_float(const float*, int64_t, int64_t, const float*, const float*, int64_t, int64_t, float*,        \
+                     int64_t*);                                                                                   \
+  void nearest_double(const double*, int64_t, int64_t, const double*, const double*, int64_t, int64_t, double*,   \
+                      int64_t*);                                                                                  \
   }
 #if defined(__GNUC__) && defined(__x86_64__)
 PEGASUS_VEC_DECLARE(pegasus_vec_avx2)
@@ -85,6 +91,26 @@ void small_gemm(const Rows<double>& x, const double* w, const double* bias, int6
 }
 
 void gate(const float* a, const float* add, int64_t c, float* out) { PEGASUS_DISPATCH(gate, a, add, c, out); }
+
+template <>
+int64_t nearest_panel<float>() {
+  PEGASUS_DISPATCH(nearest_panel_float);
+}
+
+template <>
+int64_t nearest_panel<double>() {
+  PEGASUS_DISPATCH(nearest_panel_double);
+}
+
+void nearest_rows(const float* z, int64_t ldz, int64_t rows, const float* panels, const float* norms, int64_t d,
+                  int64_t kp, float* best, int64_t* best_code) {
+  PEGASUS_DISPATCH(nearest_float, z, ldz, rows, panels, norms, d, kp, best, best_code);
+}
+
+void nearest_rows(const double* z, int64_t ldz, int64_t rows, const double* panels, const double* norms, int64_t d,
+                  int64_t kp, double* best, int64_t* best_code) {
+  PEGASUS_DISPATCH(nearest_double, z, ldz, rows, panels, norms, d, kp, best, best_code);
+}
 
 // float64 serves the exactness tests, not speed: the library's own tanh and exp, as before.
 void gate(const double* a, const double* add, int64_t c, double* out) {

@@ -18,6 +18,11 @@
 
 #include "vec_kernels.h"
 
+#ifndef PEGASUS_NEAREST_RM
+#define PEGASUS_NEAREST_RM PEGASUS_GEMM_RM
+#define PEGASUS_NEAREST_NV PEGASUS_GEMM_NV
+#endif
+
 namespace PEGASUS_VEC_NS {
 
 template <typename T>
@@ -26,10 +31,13 @@ template <>
 struct Vec<float> {
   typedef float type __attribute__((vector_size(PEGASUS_VEC_BYTES)));
   typedef int32_t itype __attribute__((vector_size(PEGASUS_VEC_BYTES)));
+  typedef int32_t ilane;
 };
 template <>
 struct Vec<double> {
   typedef double type __attribute__((vector_size(PEGASUS_VEC_BYTES)));
+  typedef int64_t itype __attribute__((vector_size(PEGASUS_VEC_BYTES)));
+  typedef int64_t ilane;
 };
 
 template <typename T, int RM, int NV>
@@ -115,6 +123,82 @@ void gemm(const pegasus::Rows<T>& x, const T* w, const T* bias, int64_t ldb, T* 
   }
 }
 
+// Nearest codes of RM rows (pegasus::nearest_rows): the sums of RM rows x NV vectors of codes stay
+// in registers through the whole d loop, as in `block`, and each finished block is folded into a
+// running (minimum, index) per row and lane at once: the N x K products never reach memory. A lane
+// takes a later code only if it is strictly smaller, so each lane keeps its first minimum; the
+// lanes are merged at the end, lowest index first among equal values: ties go to the lowest code.
+// Each block of codes is one contiguous panel (P = NV * L codes, [D][P]) that the d loop reads in
+// order. At N=4096, K=512, D=64 on one Zen 4 core: AVX-512 6x4 3.0-3.3 ms, AVX2 6x2 3.1-3.3 ms
+// (4.4 ms when the panels were 64 codes wide, so that an AVX2 block read a 64-byte line every 256
+// bytes; 4.8 ms with 4x2 blocks), portable 4x2 (no FMA) 11.6 ms; the BLAS product + argmin pass
+// before it 6.6 ms, FAISS's IndexFlatL2 3.4-4.6 ms.
+template <typename T, int RM, int NV>
+inline __attribute__((always_inline)) void nearest_block(const T* const* zr, const T* panels, const T* norms,
+                                                         int64_t d, int64_t kp, int rows, T* best, int64_t* best_code) {
+  using V = typename Vec<T>::type;
+  using VI = typename Vec<T>::itype;
+  using I = typename Vec<T>::ilane;
+  constexpr int L = sizeof(V) / sizeof(T);
+  constexpr int P = NV * L;  // one block of codes is one panel: the d loop reads it in order
+  V bv[RM];
+  VI bi[RM];
+  VI lane;
+  for (int l = 0; l < L; ++l) lane[l] = l;
+  for (int r = 0; r < RM; ++r) {
+    bv[r] = V{} + static_cast<T>(__builtin_inf());
+    bi[r] = VI{};
+  }
+  for (int64_t j0 = 0; j0 < kp; j0 += NV * L) {
+    const T* panel = panels + j0 * d;
+    V acc[RM][NV] = {};
+    for (int64_t i = 0; i < d; ++i) {
+      V wv[NV];
+      for (int v = 0; v < NV; ++v) std::memcpy(&wv[v], panel + i * P + v * L, sizeof(V));
+      for (int r = 0; r < RM; ++r) {
+        const T zs = zr[r][i];
+        for (int v = 0; v < NV; ++v) acc[r][v] += zs * wv[v];
+      }
+    }
+    for (int v = 0; v < NV; ++v) {
+      V nv;
+      std::memcpy(&nv, norms + j0 + v * L, sizeof(V));
+      const VI idx = lane + static_cast<I>(j0 + v * L);
+      for (int r = 0; r < RM; ++r) {
+        const V dist = acc[r][v] + nv;
+        const VI take = dist < bv[r];
+        bv[r] = take ? dist : bv[r];
+        bi[r] = take ? idx : bi[r];
+      }
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    T value = bv[r][0];
+    int64_t code = bi[r][0];
+    for (int l = 1; l < L; ++l) {
+      if (bv[r][l] < value || (bv[r][l] == value && bi[r][l] < code)) {
+        value = bv[r][l];
+        code = bi[r][l];
+      }
+    }
+    best[r] = value;
+    best_code[r] = code;
+  }
+}
+
+template <typename T>
+void nearest_rows(const T* z, int64_t ldz, int64_t rows, const T* panels, const T* norms, int64_t d, int64_t kp,
+                  T* best, int64_t* best_code) {
+  constexpr int RM = PEGASUS_NEAREST_RM, NV = PEGASUS_NEAREST_NV;
+  const T* zr[RM];
+  for (int64_t m = 0; m < rows; m += RM) {
+    const int count = rows - m < RM ? static_cast<int>(rows - m) : RM;
+    // The missing rows of the last block repeat its first row; their results are not written.
+    for (int r = 0; r < RM; ++r) zr[r] = z + (m + (r < count ? r : 0)) * ldz;
+    nearest_block<T, RM, NV>(zr, panels, norms, d, kp, count, best + m, best_code + m);
+  }
+}
+
 // exp(x) of every lane, float: Cephes' expf (range reduction by ln 2 in two parts, a degree-6
 // polynomial), within 2 ulp; x is clamped to [-87.3, 88] (exp of -87.3 is the smallest normal
 // float), so exp(-inf) is 1.2e-38, not 0. NaN stays NaN.
@@ -190,5 +274,18 @@ void gemm_double(const pegasus::Rows<double>& x, const double* w, const double* 
 }
 
 void gate(const float* a, const float* add, int64_t c, float* out) { gate_float(a, add, c, out); }
+
+int64_t nearest_panel_float() { return PEGASUS_NEAREST_NV * sizeof(Vec<float>::type) / sizeof(float); }
+int64_t nearest_panel_double() { return PEGASUS_NEAREST_NV * sizeof(Vec<double>::type) / sizeof(double); }
+
+void nearest_float(const float* z, int64_t ldz, int64_t rows, const float* panels, const float* norms, int64_t d,
+                   int64_t kp, float* best, int64_t* best_code) {
+  nearest_rows<float>(z, ldz, rows, panels, norms, d, kp, best, best_code);
+}
+
+void nearest_double(const double* z, int64_t ldz, int64_t rows, const double* panels, const double* norms, int64_t d,
+                    int64_t kp, double* best, int64_t* best_code) {
+  nearest_rows<double>(z, ldz, rows, panels, norms, d, kp, best, best_code);
+}
 
 }  // namespace PEGASUS_VEC_NS

@@ -8,10 +8,15 @@ resident, so they do not count).
 Providers: the backends of pegasus.backends.NEAREST_CODE that can run, and "faiss"
 (faiss.IndexFlatL2, k=1, exact; the index is built inside the timed call, as nearest_code gets a
 new codebook every step).
+
+`capability="avx2"` measures an AVX-512 CPU as an AVX2-only one would run: every provider's process
+is lowered to AVX2 (`LOWER_TO_AVX2`: ATen's and pegasus's kernels, FAISS's own SIMD code and the
+OpenBLAS that FAISS's wheel bundles for its products). Only a lowering: a CPU without AVX2 is refused.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +32,9 @@ __all__ = ["FULL_SHAPES", "QUICK_SHAPES", "Record", "available_providers", "form
 FULL_SHAPES: tuple[tuple[int, int, int], ...] = tuple((n, k, 64) for n in (4096, 36864, 262144) for k in (512, 1024))
 """(N, K, D): 64 x 8 x 8, 64 x 24 x 24 and 64 x 64 x 64 latents of a batch of 64, K = 512 and 1024."""
 QUICK_SHAPES: tuple[tuple[int, int, int], ...] = ((4096, 512, 64), (36864, 512, 64))
+LOWER_TO_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "FAISS_SIMD_LEVEL": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}
+"""The environment that runs a provider's process as on an AVX2-only CPU (`run(capability="avx2")`)."""
+CAPABILITIES = ("native", "avx2")
 
 
 @dataclass
@@ -43,6 +51,7 @@ class Record:
     peak_bytes: int
     speedup_vs_reference: float | None = None
     memory_ratio_vs_reference: float | None = None
+    capability: str = "native"
 
 
 def available_providers(device: str) -> tuple[list[str], list[str]]:
@@ -93,11 +102,25 @@ def _worker() -> None:
     print(json.dumps(_measure_here(job["provider"], tuple(job["shape"]), job["device"], job["min_run_time"])))
 
 
-def _measure(provider: str, shape: tuple[int, int, int], device: str, min_run_time: float) -> dict:
+def _capability_env(capability: str) -> dict[str, str]:
+    """The environment of the measuring processes for `capability` (one of CAPABILITIES)."""
+    if capability not in CAPABILITIES:
+        raise ValueError(f"capability should be one of {', '.join(CAPABILITIES)}, got {capability!r}")
+    if capability == "native":
+        return dict(os.environ)
+    native = torch.backends.cpu.get_cpu_capability()  # this process's: it may itself be lowered
+    if native not in ("AVX2", "AVX512"):
+        raise ValueError(f"capability {capability!r} lowers the CPU to AVX2, but this process runs {native}: "
+                         "it cannot be raised")
+    return {**os.environ, **LOWER_TO_AVX2}
+
+
+def _measure(provider: str, shape: tuple[int, int, int], device: str, min_run_time: float,
+             env: dict[str, str] | None = None) -> dict:
     job = json.dumps({"provider": provider, "shape": shape, "device": device, "min_run_time": min_run_time})
     res = subprocess.run(
         [sys.executable, "-c", "from pegasus.bench.nearest_code import _worker; _worker()"],
-        input=job, capture_output=True, text=True,
+        input=job, capture_output=True, text=True, env=env,
     )
     if res.returncode != 0:
         raise RuntimeError(f"benchmark of {provider} at {shape} failed: {res.stderr.strip()[-2000:]}")
@@ -109,15 +132,20 @@ def run(
     device: str = "cpu",
     min_run_time: float = 1.0,
     progress: Callable[[str], None] | None = None,
+    capability: str = "native",
 ) -> tuple[list[Record], list[str]]:
-    """Measure every available provider at every shape: (records, notes on skipped providers)."""
+    """Measure every available provider at every shape: (records, notes on skipped providers).
+    capability: "native", or "avx2" to run every provider as on an AVX2-only CPU (CPU only)."""
+    env = _capability_env(capability)
+    if capability != "native" and device != "cpu":
+        raise ValueError(f"capability {capability!r} is for the CPU, got device {device!r}")
     providers, notes = available_providers(device)
     records = []
     for n, k, d in shapes:
         ref = None
         for provider in providers:
-            m = _measure(provider, (n, k, d), device, min_run_time)
-            rec = Record("nearest_code", n, k, d, provider, device, m["median_s"], m["peak_bytes"])
+            m = _measure(provider, (n, k, d), device, min_run_time, env)
+            rec = Record("nearest_code", n, k, d, provider, device, m["median_s"], m["peak_bytes"], capability=capability)
             ref = ref or rec
             rec.speedup_vs_reference = ref.median_s / rec.median_s
             rec.memory_ratio_vs_reference = ref.peak_bytes / max(rec.peak_bytes, 1)
