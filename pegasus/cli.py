@@ -124,7 +124,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from pegasus import __version__, _extension, backends
+    from pegasus.machine import ISA, cpu_isa, cpu_name
     from pegasus.pretrained import WEIGHTS_DIR
+    from pegasus.training import bf16_supported, resolve_precision
 
     print(f"pegasus {__version__}, torch {torch.__version__}")
     if _extension.has_cpp_ops():
@@ -133,7 +135,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     else:
         ext = f"NOT loaded: {_extension.cpp_load_error()}"
     print(f"C++ extension pegasus._C: {ext}")
+    isa, source = cpu_isa()
+    isa_text = "unknown" if isa is None else " ".join(isa) or "none of " + " ".join(ISA)
+    print(f"CPU: {cpu_name()}: {isa_text} ({source}); torch's CPU kernels built for {torch.backends.cpu.get_cpu_capability()}")
     print(f"CUDA: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'not available'}")
+    # What train-vqvae, train-prior and train-classifier pick without --precision (--device auto).
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    why = bf16_supported(device)[1]
+    print(f"training precision (auto, {device}): {resolve_precision(None, device)}, because {why}")
     print("backends:")
     for line in backends.describe():
         print(f"  {line}")
@@ -410,7 +419,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], help="fp32, or bf16: the forward pass under bfloat16 autocast "
                    "(quantiser, losses, EMA statistics and checkpoints stay float32). Default: bf16 where the CPU has "
-                   "avx512_bf16/amx_bf16 or the GPU supports it, else fp32; --resume may switch it")
+                   "avx512_bf16/amx_bf16 (read by CPUID) or the GPU supports it, else fp32 (`pegasus info` says which); "
+                   "bf16 on a CPU without them is emulated, ~20x slower, and warns; --resume may switch it")
 
 
 def build_parser() -> argparse.ArgumentParser:

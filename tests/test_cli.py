@@ -148,7 +148,7 @@ def test_bench_nearest_code_writes_records(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| N | K | D | backend | median ms |" in table and "| 64 | 8 | 4 | reference |" in table
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    keys = {"op", "n", "k", "d", "backend", "device", "median_s", "peak_bytes", "speedup_vs_reference", "memory_ratio_vs_reference"}
+    keys = {"op", "n", "k", "d", "backend", "device", "median_s", "peak_bytes", "speedup_vs_reference", "memory_ratio_vs_reference", "capability", "machine"}
     assert records and all(set(r) == keys for r in records)
     assert records[0]["backend"] == "reference" and records[0]["speedup_vs_reference"] == 1.0
     assert all(r["op"] == "nearest_code" and r["median_s"] > 0 and r["peak_bytes"] >= 0 for r in records)
@@ -175,7 +175,7 @@ def test_bench_sampler_records_and_the_scaled_naive():
         assert r.speedup_vs_naive == pytest.approx(naive.median_s / r.median_s)
     lines = harness.to_json_lines(records).splitlines()
     keys = {"op", "grid", "batch", "backend", "device", "median_s", "samples_per_s", "runs", "speedup_vs_naive",
-            "speedup_vs_reference", "naive_rows_timed"}
+            "speedup_vs_reference", "naive_rows_timed", "machine"}
     assert all(set(json.loads(line)) == keys for line in lines)
     table = sampler.format_table(records)
     assert "| grid | batch | backend | median ms | samples/s | vs naive | vs reference |" in table

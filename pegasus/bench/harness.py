@@ -1,10 +1,13 @@
-"""What the benchmarks share: timing, peak memory, the machine's name and JSON records.
+"""What the benchmarks share: timing, peak memory, the machine and JSON records.
 
 - **time** (`median_s`): median of `torch.utils.benchmark.Timer.blocked_autorange` with all the
   process's threads (CPU; Timer defaults to one) or `triton.testing.do_bench` (CUDA).
 - **peak bytes** (`peak_bytes`): the most extra memory held at once during one call. On CPU, the
   peak resident set size (VmHWM) is reset through /proc/self/clear_refs right before the call, and
   peak = VmHWM after the call - VmRSS before it; on CUDA, torch.cuda.max_memory_allocated.
+- **machine** (`machine`): the CPU's name and instruction sets, the builds of torch's and the
+  extension's vector code, and the threads: every JSON record carries it, and the tables' headers
+  name the CPU, so that a figure is never read without the machine that made it.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["device_name", "median_s", "peak_bytes", "ratio", "to_json_lines"]
+from pegasus.machine import ISA
+
+__all__ = ["device_name", "machine", "median_s", "peak_bytes", "ratio", "to_json_lines"]
 
 
 def _status_kib(field: str) -> int:
@@ -51,21 +56,45 @@ def median_s(fn: Callable[[], object], device: str, min_run_time: float) -> floa
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+def machine() -> dict[str, Any]:
+    """The CPU that ran a benchmark: {"cpu": model name, "isa": its instruction sets of
+    `pegasus.machine.ISA` (avx2, fma, avx512f, avx512_bf16, amx_tile, amx_bf16, neon, sve, bf16),
+    "isa_source": where they were read (CPUID, HWCAP or /proc/cpuinfo), "torch_cpu_capability":
+    the build of ATen's vector code that runs (torch.backends.cpu.get_cpu_capability(), lowered by
+    ATEN_CPU_CAPABILITY), "pegasus_cpu_capability": the extension's (None where it did not load),
+    "threads": torch.get_num_threads(), "cores": the cores this process may run on}."""
+    import os
+
+    from pegasus import _extension
+    from pegasus.machine import cpu_isa, cpu_name
+
+    isa, source = cpu_isa()
+    ext = str(torch.ops.pegasus._cpu_capability()) if _extension.has_cpp_ops() else None
+    return {
+        "cpu": cpu_name(),
+        "isa": isa,
+        "isa_source": source,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "pegasus_cpu_capability": ext,
+        "threads": torch.get_num_threads(),
+        "cores": len(os.sched_getaffinity(0)),
+    }
+
+
 def device_name(device: str) -> str:
-    """The CPU model and core count, or the GPU's name."""
+    """The GPU's name, or the CPU's model, instruction sets and threads (`machine`)."""
     if device != "cpu":
         return torch.cuda.get_device_name(device)
-    model = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-    if found:
-        model = found.group(1).strip()
-    return f"{model}, {torch.get_num_threads()} threads"
+    m = machine()
+    isa = "instruction sets unknown" if m["isa"] is None else " ".join(m["isa"]) or "none of " + " ".join(ISA)
+    ext = f", pegasus {m['pegasus_cpu_capability']}" if m["pegasus_cpu_capability"] else ""
+    return f"{m['cpu']} ({isa}; torch {m['torch_cpu_capability']}{ext}), {m['threads']} threads"
 
 
 def to_json_lines(records: Sequence[Any]) -> str:
-    """One JSON object per line, the fields of each record (a dataclass)."""
-    return "".join(json.dumps(asdict(r)) + "\n" for r in records)
+    """One JSON object per line: the fields of each record (a dataclass), and "machine" (`machine`)."""
+    where = machine()
+    return "".join(json.dumps({**asdict(r), "machine": where}) + "\n" for r in records)
 
 
 def ratio(x: float | None, digits: int = 1) -> str:

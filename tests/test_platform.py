@@ -1,0 +1,135 @@
+"""The machine, told truthfully (issue 23): the CPU's BF16 read from the CPU, a warning when bf16 is
+forced on a CPU that emulates it, `pegasus info`'s default precision, benchmark records that carry
+the CPU, and the sampler's threads when another process holds a core."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pegasus import machine, training
+from pegasus.cli import main
+
+from .conftest import TINY_MODEL
+
+NO_BF16 = {"architecture": "x86_64", "cpu_name": "Some EPYC", "avx2": True, "fma3": True, "avx512_bf16": False, "amx_bf16": False}
+BF16 = {**NO_BF16, "avx512_f": True, "avx512_bf16": True}
+
+
+@pytest.fixture
+def cpu_caps(monkeypatch):
+    """Sets what torch.cpu.get_capabilities reports (through pegasus.machine), and forgets the
+    bf16 warning already given in this process."""
+    monkeypatch.setattr(training, "_warned_emulated_bf16", False)
+
+    def set_caps(caps: dict | None) -> None:
+        monkeypatch.setattr(machine, "_capabilities", lambda: None if caps is None else (caps, "CPUID"))
+
+    return set_caps
+
+
+def test_bf16_is_read_from_the_cpu(cpu_caps):
+    cpu_caps(NO_BF16)
+    assert machine.cpu_isa() == (["avx2", "fma"], "CPUID")
+    assert training.bf16_supported("cpu") == (False, "the CPU has neither avx512_bf16 nor amx_bf16 (CPUID)")
+    assert training.resolve_precision(None, "cpu") == "fp32"
+    cpu_caps(BF16)
+    assert machine.cpu_isa() == (["avx2", "fma", "avx512f", "avx512_bf16"], "CPUID")
+    if torch.backends.mkldnn.is_available():
+        assert training.bf16_supported("cpu") == (True, "the CPU has avx512_bf16 (CPUID)")
+        assert training.resolve_precision(None, "cpu") == "bf16"
+
+
+def test_proc_cpuinfo_only_where_torch_cannot_read_the_cpu(cpu_caps, monkeypatch):
+    cpu_caps(None)
+    monkeypatch.setattr(machine, "_proc_cpuinfo", lambda: {"model name": "Host  CPU", "flags": "fpu avx2 fma amx_tile amx_bf16"})
+    assert machine.cpu_isa() == (["avx2", "fma", "amx_tile", "amx_bf16"], "/proc/cpuinfo")
+    assert machine.cpu_name() == "Host CPU"
+    monkeypatch.setattr(machine, "_proc_cpuinfo", lambda: {"Features": "fp asimd sve"})  # aarch64's spelling
+    assert machine.cpu_isa() == (["neon", "sve"], "/proc/cpuinfo")
+    monkeypatch.setattr(machine, "_proc_cpuinfo", lambda: {})
+    assert machine.cpu_isa() == (None, "/proc/cpuinfo") and machine.cpu_name() == "unknown CPU"
+    assert training.bf16_supported("cpu") == (False, "/proc/cpuinfo is unreadable, so the CPU's bfloat16 support is unknown")
+
+
+def test_the_real_cpu_is_read_by_torch():
+    isa, source = machine.cpu_isa()
+    assert source in ("CPUID", "HWCAP") and isa is not None and set(isa) <= set(machine.ISA)
+    assert machine.cpu_name() != "unknown CPU"
+
+
+def _settings(tmp_path, name, precision):
+    train = {} if precision is None else {"precision": precision}
+    return training.run_settings(tmp_path / name, "config.json", "checkpoint.safetensors", "vqvae", {}, train, resume=False)
+
+
+def test_forced_bf16_on_a_cpu_without_it_warns_once(cpu_caps, tmp_path, caplog):
+    cpu_caps(NO_BF16)
+    with caplog.at_level(logging.WARNING, logger="pegasus.training"):
+        assert _settings(tmp_path, "a", "bf16")[1]["precision"] == "bf16"  # warned, and proceeds in bf16
+        assert _settings(tmp_path, "b", "bf16")[1]["precision"] == "bf16"  # the pipeline's second stage: not again
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("warning: --precision bf16: bfloat16 is emulated on this CPU, because the CPU has neither avx512_bf16 nor amx_bf16 (CPUID)")
+    assert "~20x slower" in line and "16 images/s against ~320" in line and "\n" not in line
+
+
+@pytest.mark.parametrize("caps, precision", [(BF16, "bf16"), (NO_BF16, "fp32"), (NO_BF16, None)], ids=["native", "fp32", "auto"])
+def test_no_warning_where_bf16_is_native_or_not_used(cpu_caps, tmp_path, caplog, caps, precision):
+    if caps is BF16 and not torch.backends.mkldnn.is_available():
+        pytest.skip("torch without oneDNN: bf16 is not native anywhere")
+    cpu_caps(caps)
+    with caplog.at_level(logging.WARNING, logger="pegasus.training"):
+        _settings(tmp_path, "a", precision)
+    assert caplog.records == []
+
+
+def test_the_warning_is_one_line_on_stderr(tiny_folder, tmp_path):
+    """What the user sees: train-vqvae --precision bf16, then a resume in the same process (as the
+    pipeline trains two models), on a CPU reported without BF16: one line, and training goes on."""
+    run = tmp_path / "r"
+    tiny = ["--codes", str(TINY_MODEL["codes"]), "--dim", str(TINY_MODEL["dim"]), "--batch-size", "4", "--device", "cpu"]
+    script = (
+        "import sys\n"
+        "from pegasus import machine\n"
+        f"machine._capabilities = lambda: ({NO_BF16!r}, 'CPUID')\n"
+        "from pegasus.cli import main\n"
+        f"assert main(['train-vqvae', '--data', {str(tiny_folder)!r}, '--out', {str(run)!r}, '--steps', '1', '--precision', 'bf16', *{tiny!r}]) == 0\n"
+        f"assert main(['train-vqvae', '--data', {str(tiny_folder)!r}, '--out', {str(run)!r}, '--steps', '2', '--resume']) == 0\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "bfloat16 is emulated" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: --precision bf16:")
+    assert json.loads((run / "config.json").read_text())["train"]["precision"] == "bf16"
+
+
+def test_info_says_what_auto_picks_and_why(cpu_caps, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu_caps(NO_BF16)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "training precision (auto, cpu): fp32, because the CPU has neither avx512_bf16 nor amx_bf16 (CPUID)\n" in out
+    assert "CPU: Some EPYC: avx2 fma (CPUID); torch's CPU kernels built for " in out
+    cpu_caps(BF16)
+    assert main(["info"]) == 0
+    want = "bf16, because the CPU has avx512_bf16 (CPUID)" if torch.backends.mkldnn.is_available() else "fp32, because"
+    assert f"training precision (auto, cpu): {want}" in capsys.readouterr().out
+
+
+def test_benchmark_records_carry_the_machine():
+    from pegasus.bench import harness, sampler
+
+    m = harness.machine()
+    assert set(m) == {"cpu", "isa", "isa_source", "torch_cpu_capability", "pegasus_cpu_capability", "threads", "cores"}
+    assert m["cpu"] == machine.cpu_name() and m["isa"] == machine.cpu_isa()[0] and m["threads"] == torch.get_num_threads()
+    assert m["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    records, _ = sampler.run([((2, 2), 2)], min_run_time=0.01)
+    for line in harness.to_json_lines(records).splitlines():
+        assert json.loads(line)["machine"] == m
+    header = sampler.header("cpu")
+    assert f"on {m['cpu']} ({' '.join(m['isa'])}; torch {m['torch_cpu_capability']}" in header
+    assert header.endswith(f"{m['threads']} threads")
