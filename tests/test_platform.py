@@ -114,6 +114,7 @@ def test_info_says_what_auto_picks_and_why(cpu_caps, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "training precision (auto, cpu): fp32, because the CPU has neither avx512_bf16 nor amx_bf16 (CPUID)\n" in out
     assert "CPU: Some EPYC: avx2 fma (CPUID); torch's CPU kernels built for " in out
+    assert "\nthreads: 1\n" in out or f"\nthreads: {torch.get_num_threads()}; a parallel region of them takes " in out
     cpu_caps(BF16)
     assert main(["info"]) == 0
     want = "bf16, because the CPU has avx512_bf16 (CPUID)" if torch.backends.mkldnn.is_available() else "fp32, because"
@@ -123,13 +124,106 @@ def test_info_says_what_auto_picks_and_why(cpu_caps, monkeypatch, capsys):
 def test_benchmark_records_carry_the_machine():
     from pegasus.bench import harness, sampler
 
+    records, _ = sampler.run([((2, 2), 2)], min_run_time=0.01)
     m = harness.machine()
-    assert set(m) == {"cpu", "isa", "isa_source", "torch_cpu_capability", "pegasus_cpu_capability", "threads", "cores"}
+    assert set(m) == {"cpu", "isa", "isa_source", "torch_cpu_capability", "pegasus_cpu_capability", "threads", "cores", "calls_on_1_thread"}
     assert m["cpu"] == machine.cpu_name() and m["isa"] == machine.cpu_isa()[0] and m["threads"] == torch.get_num_threads()
     assert m["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    records, _ = sampler.run([((2, 2), 2)], min_run_time=0.01)
     for line in harness.to_json_lines(records).splitlines():
         assert json.loads(line)["machine"] == m
     header = sampler.header("cpu")
     assert f"on {m['cpu']} ({' '.join(m['isa'])}; torch {m['torch_cpu_capability']}" in header
     assert header.endswith(f"{m['threads']} threads")
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """torch on 2 threads as its default, the user having chosen none, and no verdict on the cores
+    yet (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for name, value in (("_DEFAULT_THREADS", 2), ("_explicit_threads", False), ("_busy", None), ("_noted_busy", False)):
+        monkeypatch.setattr(machine, name, value)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _default_prior_grids(batch: int, grid: tuple[int, int] = (3, 4)) -> torch.Tensor:
+    """Grids of the default prior configuration (big enough for the C++ steps to split the work
+    across threads: the batch for 2 samples or more, a product's columns for 1)."""
+    from pegasus.bench.sampler import make_prior
+    from pegasus.sampling import gumbel_noise, sample_indices
+
+    prior = make_prior("cpu")
+    noise = gumbel_noise(batch, grid, prior.cfg.codes, seed=3)
+    return sample_indices(prior, batch, alpha=0.3, noise=noise)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_sampled_grids_do_not_depend_on_the_thread_count(two_threads, monkeypatch, batch):
+    monkeypatch.setattr(machine, "_explicit_threads", True)  # no guard: exactly the count set
+    two = _default_prior_grids(batch)
+    torch.set_num_threads(1)
+    one = _default_prior_grids(batch)
+    assert torch.equal(one, two)
+
+
+def test_a_busy_core_drops_sampling_to_one_thread_once_noted(two_threads, monkeypatch, caplog):
+    from pegasus import ops
+
+    free = _default_prior_grids(3)
+    seen = []
+    real_loop = ops.sample_loop
+    monkeypatch.setattr(ops, "sample_loop", lambda *a, **k: (seen.append(torch.get_num_threads()), real_loop(*a, **k))[1])
+    monkeypatch.setattr(machine, "parallel_region_s", lambda: 8e-3)  # another process holds a core
+    calls = machine.guarded_calls
+    with caplog.at_level(logging.WARNING, logger="pegasus.machine"):
+        busy = _default_prior_grids(3)
+        _default_prior_grids(3)
+    assert torch.equal(busy, free) and seen == [1, 1] and torch.get_num_threads() == 2
+    assert machine.guarded_calls == calls + 2
+    (note,) = [r.getMessage() for r in caplog.records]
+    assert note.startswith("note: another process is using this CPU's cores (a parallel region of 2 threads took 8.0 ms")
+    assert "so sampling runs on 1 thread" in note and "--threads N" in note
+
+
+@pytest.mark.parametrize("chosen", ["--threads", "OMP_NUM_THREADS", "torch.set_num_threads"])
+def test_threads_the_user_chose_win_over_the_guard(two_threads, monkeypatch, chosen):
+    monkeypatch.setattr(machine, "parallel_region_s", lambda: 8e-3)
+    if chosen == "--threads":
+        machine.set_threads(2)
+    elif chosen == "OMP_NUM_THREADS":
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    else:
+        torch.set_num_threads(3)
+    threads = torch.get_num_threads()
+    with machine.guarded_threads("sampling") as used:
+        assert used == threads == torch.get_num_threads()
+    with pytest.raises(ValueError, match="threads should be an integer >= 1, got 0"):
+        machine.set_threads(0)
+
+
+def test_free_cores_keep_every_thread_and_a_busy_verdict_is_reused(two_threads, monkeypatch):
+    monkeypatch.setattr(machine, "parallel_region_s", lambda: 20e-6)
+    with machine.guarded_threads("sampling") as used:
+        assert used == 2
+    timed = []
+    monkeypatch.setattr(machine, "parallel_region_s", lambda: timed.append(1) or 8e-3)
+    assert machine.busy_cores() == machine.busy_cores() == 8e-3 and timed == [1]  # one check a BUSY_RECHECK_S
+    torch.set_num_threads(1)
+    assert machine.busy_cores() is None  # nothing to wait for on one thread
+
+
+def test_the_real_parallel_region_is_timed():
+    assert 0 < machine.parallel_region_s() < 1.0
+
+
+def test_training_warns_when_a_core_is_busy(two_threads, monkeypatch, tiny_folder, tmp_path, caplog):
+    monkeypatch.setattr(machine, "parallel_region_s", lambda: 8e-3)
+    tiny = ["--codes", str(TINY_MODEL["codes"]), "--dim", str(TINY_MODEL["dim"]), "--batch-size", "4", "--device", "cpu"]
+    with caplog.at_level(logging.WARNING, logger="pegasus.training"):
+        assert main(["train-vqvae", "--data", str(tiny_folder), "--out", str(tmp_path / "r"), "--steps", "1", "--precision", "fp32", *tiny]) == 0
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("warning: another process is using this CPU's cores (a parallel region of 2 threads took 8.0 ms")
+    assert "--threads 1 avoids it" in line

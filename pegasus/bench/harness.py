@@ -62,22 +62,25 @@ def machine() -> dict[str, Any]:
     "isa_source": where they were read (CPUID, HWCAP or /proc/cpuinfo), "torch_cpu_capability":
     the build of ATen's vector code that runs (torch.backends.cpu.get_cpu_capability(), lowered by
     ATEN_CPU_CAPABILITY), "pegasus_cpu_capability": the extension's (None where it did not load),
-    "threads": torch.get_num_threads(), "cores": the cores this process may run on}."""
+    "threads": torch.get_num_threads(), "cores": the cores this process may run on,
+    "calls_on_1_thread": how many sampling calls ran on 1 thread instead, because another process
+    held a core (`pegasus.machine.guarded_threads`; 0 when every call had "threads")}."""
     import os
 
     from pegasus import _extension
-    from pegasus.machine import cpu_isa, cpu_name
+    from pegasus import machine as host
 
-    isa, source = cpu_isa()
+    isa, source = host.cpu_isa()
     ext = str(torch.ops.pegasus._cpu_capability()) if _extension.has_cpp_ops() else None
     return {
-        "cpu": cpu_name(),
+        "cpu": host.cpu_name(),
         "isa": isa,
         "isa_source": source,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "pegasus_cpu_capability": ext,
         "threads": torch.get_num_threads(),
         "cores": len(os.sched_getaffinity(0)),
+        "calls_on_1_thread": host.guarded_calls,
     }
 
 
