@@ -175,8 +175,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     shapes = args.shape or (nearest_code.QUICK_SHAPES if args.quick else nearest_code.FULL_SHAPES)
     records, notes = nearest_code.run(shapes, device=args.device, min_run_time=args.min_run_time,
-                                      progress=lambda line: print(line, file=sys.stderr))
-    print(f"nearest_code on {harness.device_name(args.device)}")
+                                      progress=lambda line: print(line, file=sys.stderr), capability=args.cpu_capability)
+    lowered = "" if args.cpu_capability == "native" else f", every provider lowered to {args.cpu_capability}"
+    print(f"nearest_code on {harness.device_name(args.device)}{lowered}")
     print(nearest_code.format_table(records))
     return _bench_notes_and_json(args, records, notes)
 
@@ -472,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", type=_shape, action="append", metavar="NxKxD", help="benchmark this shape instead (repeatable)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
     p.add_argument("--min-run-time", type=_positive_float, default=1.0, metavar="S", help="seconds of timing per measurement (default 1)")
+    p.add_argument("--cpu-capability", choices=["native", "avx2"], default="native",
+                   help="nearest-code on the CPU: avx2 runs every provider (pegasus, torch, FAISS and its OpenBLAS) as on an "
+                        "AVX2-only CPU, on a CPU that has AVX-512 (default: native)")
     p.add_argument("--levels", type=int, choices=[1, 2], default=1, help="sampler: 2 times two-level sampling (a top grid "
                    "of half the side, then the bottom grid given it): 4x4+8x8 and 12x12+24x24, batch 16 (default 1)")
     p.set_defaults(func=_cmd_bench)

@@ -154,6 +154,33 @@ def test_bench_nearest_code_writes_records(tmp_path, capsys):
     assert all(r["op"] == "nearest_code" and r["median_s"] > 0 and r["peak_bytes"] >= 0 for r in records)
 
 
+def test_bench_nearest_code_lowered_to_avx2(tmp_path, capsys):
+    """--cpu-capability avx2 runs every provider's process as on an AVX2-only CPU (the run checks
+    that each process ran torch's AVX2 kernels); a CPU below AVX2 is refused, never raised."""
+    import torch
+
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        assert main(["bench", "nearest-code", "--shape", "64x8x4", "--cpu-capability", "avx2"]) == 1
+        assert "lowers the CPU to AVX2" in capsys.readouterr().err
+        return
+    out = tmp_path / "bench.jsonl"
+    assert main(["bench", "nearest-code", "--shape", "64x8x4", "--min-run-time", "0.01", "--cpu-capability", "avx2",
+                 "--json", str(out)]) == 0
+    assert "every provider lowered to avx2" in capsys.readouterr().out
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records and all(r["capability"] == "avx2" for r in records)
+
+
+def test_bench_nearest_code_refuses_to_raise_the_cpu(monkeypatch):
+    import torch
+
+    from pegasus.bench import nearest_code
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    with pytest.raises(ValueError, match="lowers the CPU to AVX2, but this process runs DEFAULT"):
+        nearest_code.run([(64, 8, 4)], capability="avx2")
+
+
 def test_bench_rejects_a_bad_shape(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "nearest-code", "--shape", "64x8"])

@@ -93,7 +93,8 @@ def _measure_here(provider: str, shape: tuple[int, int, int], device: str, min_r
     setup(provider, (64, 16, shape[2]), device)()  # load libraries, start thread pools
     fn = setup(provider, shape, device)
     peak = peak_bytes(fn, device)  # first: a fresh process has cached nothing of this shape
-    return {"median_s": median_s(fn, device, min_run_time), "peak_bytes": peak}
+    return {"median_s": median_s(fn, device, min_run_time), "peak_bytes": peak,
+            "torch_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _worker() -> None:
@@ -145,6 +146,9 @@ def run(
         ref = None
         for provider in providers:
             m = _measure(provider, (n, k, d), device, min_run_time, env)
+            if capability == "avx2" and m["torch_capability"] != "AVX2":
+                raise RuntimeError(f"benchmark of {provider} at {(n, k, d)} was to run as on an AVX2 CPU, but its "
+                                   f"process ran torch's {m['torch_capability']} kernels")
             rec = Record("nearest_code", n, k, d, provider, device, m["median_s"], m["peak_bytes"], capability=capability)
             ref = ref or rec
             rec.speedup_vs_reference = ref.median_s / rec.median_s
