@@ -7,6 +7,7 @@ pegasus/reference.py, opcheck, bad input and Ctrl-C.
 "triton" runs here on CPU tensors in Triton's interpreter, only when TRITON_INTERPRET=1 (CI sets it):
 `pegasus.ops` then runs the Python loop over the Triton launchers.
 """
+import functools
 import math
 import os
 import signal
@@ -234,12 +235,14 @@ def test_steps_match_reference_ops(channels, codes, batch, dtype, atol):
 # Priors for the vector builds' test: (channels, codes, batch, dtype), widths that exercise the
 # AVX-512 6x4 and AVX2 4x2 blocks, their row and column tails, and the batch split.
 BUILD_CASES = [(6, 11, 3, torch.float64), (20, 37, 5, torch.float32), (40, 513, 2, torch.float32), (64, 512, 9, torch.float32)]
+# The builds of csrc/cpu/vec_kernels*, lowest first, as ATEN_CPU_CAPABILITY and pegasus._C name them.
+VECTOR_BUILDS = ("default", "avx2", "avx512")
 _BUILD_SCRIPT = textwrap.dedent(
     """
     import sys, torch
     sys.path.insert(0, ROOT)
     from tests.test_sample_loop import BUILD_CASES, step_inputs
-    out = {"capability": torch.ops.pegasus._cpu_capability()}
+    out = {"torch": torch.backends.cpu.get_cpu_capability(), "capability": torch.ops.pegasus._cpu_capability()}
     for channels, codes, batch, dtype in BUILD_CASES:
         weights, cond, noise = step_inputs(channels, codes, batch, dtype)
         out[channels] = torch.ops.pegasus.sample_loop(weights, cond, noise, 0.9, 0, True)
@@ -249,35 +252,78 @@ _BUILD_SCRIPT = textwrap.dedent(
 
 
 def _run_build(capability, path):
-    """The (grid, logits) of every BUILD_CASES prior from a process whose C++ steps run `capability`."""
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "OMP_NUM_THREADS": "2"}
+    """The (grid, logits) of every BUILD_CASES prior, and the capabilities torch and pegasus._C picked,
+    from a child whose ATEN_CPU_CAPABILITY is `capability` (None: unset, each picks the best this CPU
+    has). Under scripts/cpu_matrix.sh sys.executable starts qemu again, so the child runs on the
+    same emulated CPU."""
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    env["OMP_NUM_THREADS"] = "2"
+    if capability is not None:
+        env["ATEN_CPU_CAPABILITY"] = capability
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([sys.executable, "-c", f"ROOT = {root!r}\n" + _BUILD_SCRIPT, str(path)], check=True, env=env, timeout=300)
+    # 600 s: a child takes ~5 s natively, ~60 s under qemu-x86_64 on a core shared with other jobs.
+    subprocess.run([sys.executable, "-c", f"ROOT = {root!r}\n" + _BUILD_SCRIPT, str(path)], check=True, env=env, timeout=600)
     return torch.load(path, weights_only=False)
 
 
+@functools.cache
+def _build_reference(channels, codes, batch, dtype):
+    """The reference loop's (grid, logits) of one BUILD_CASES prior, once for every build."""
+    return reference.sample_loop(*step_inputs(channels, codes, batch, dtype), 0.9, 0, True)
+
+
+@pytest.fixture(scope="module")
+def vector_builds(tmp_path_factory):
+    """({build: child output} for every build this CPU runs, {build: why not} for the others).
+    The first child picks for itself; the others ask only for builds at or below both its picks:
+    torch obeys ATEN_CPU_CAPABILITY without asking the CPU, so avx512 on a CPU without AVX-512
+    dies with SIGILL (exit 132)."""
+    tmp = tmp_path_factory.mktemp("vector-builds")
+    best = _run_build(None, tmp / "best.pt")
+    picks = f"torch picks {best['torch']}, pegasus._C picks {best['capability']}"
+    # A torch capability that is no x86 build (SVE256 on aarch64, VSX) allows only "default" here.
+    torch_best = best["torch"].lower()
+    ceiling = min(VECTOR_BUILDS.index(best["capability"]), VECTOR_BUILDS.index(torch_best) if torch_best in VECTOR_BUILDS else 0)
+    results, missing = {best["capability"]: best}, {}
+    for level, build in enumerate(VECTOR_BUILDS):
+        if build in results:
+            continue
+        if level > ceiling:
+            missing[build] = f"this CPU cannot run the {build} build ({picks} with ATEN_CPU_CAPABILITY unset)"
+            continue
+        results[build] = _run_build(build, tmp / f"{build}.pt")
+        assert results[build]["capability"] == build, (build, results[build]["capability"], picks)
+    return results, missing
+
+
 @needs_ext
-def test_every_vector_build_matches_the_reference(tmp_path):
+@pytest.mark.parametrize("build", VECTOR_BUILDS)
+def test_every_vector_build_matches_the_reference(vector_builds, build):
     """The C++ steps' vector code is built for AVX-512 (csrc/cpu/vec_kernels_avx512.cpp), AVX2+FMA
     (csrc/cpu/vec_kernels_avx2.cpp) and portably (csrc/cpu/vec_kernels.cpp). ATEN_CPU_CAPABILITY
     lowers the build a process picks, so every build this CPU can run is checked here against the
-    reference loop: same grids, logits within tolerance. AVX2 and AVX-512 sum in the same order
-    with fused multiply-adds, so their logits agree bit for bit."""
-    results = {}
-    for capability in ("default", "avx2", "avx512"):
-        got = _run_build(capability, tmp_path / f"{capability}.pt")
-        results[got["capability"]] = got
-    assert "default" in results
+    reference loop: same grids, logits within tolerance. A build the CPU lacks is skipped, and the
+    skip says what torch and pegasus._C picked."""
+    results, missing = vector_builds
+    if build in missing:
+        pytest.skip(missing[build])
     for channels, codes, batch, dtype in BUILD_CASES:
-        ref_grid, ref_logits = reference.sample_loop(*step_inputs(channels, codes, batch, dtype), 0.9, 0, True)
+        ref_grid, ref_logits = _build_reference(channels, codes, batch, dtype)
+        grid, logits = results[build][channels]
+        assert torch.equal(grid, ref_grid), (build, channels)
         atol = 1e-12 if dtype == torch.float64 else 2e-5
-        for capability, got in results.items():
-            grid, logits = got[channels]
-            assert torch.equal(grid, ref_grid), (capability, channels)
-            torch.testing.assert_close(logits, ref_logits, atol=atol, rtol=0, msg=f"{capability}, C={channels}")
-    if "avx2" in results and "avx512" in results:
-        for channels, *_ in BUILD_CASES:
-            assert torch.equal(results["avx2"][channels][1], results["avx512"][channels][1]), channels
+        torch.testing.assert_close(logits, ref_logits, atol=atol, rtol=0, msg=f"{build}, C={channels}")
+
+
+@needs_ext
+def test_avx2_and_avx512_builds_agree_bit_for_bit(vector_builds):
+    """AVX2 and AVX-512 sum in the same order with fused multiply-adds, so their logits agree bit for bit."""
+    results, missing = vector_builds
+    for build in ("avx2", "avx512"):
+        if build in missing:
+            pytest.skip(missing[build])
+    for channels, *_ in BUILD_CASES:
+        assert torch.equal(results["avx2"][channels][1], results["avx512"][channels][1]), channels
 
 
 def opcheck_samples():
