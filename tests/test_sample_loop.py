@@ -235,20 +235,30 @@ def test_steps_match_reference_ops(channels, codes, batch, dtype, atol):
 # Priors for the vector builds' test: (channels, codes, batch, dtype), widths that exercise the
 # AVX-512 6x4 and AVX2 4x2 blocks, their row and column tails, and the batch split.
 BUILD_CASES = [(6, 11, 3, torch.float64), (20, 37, 5, torch.float32), (40, 513, 2, torch.float32), (64, 512, 9, torch.float32)]
+# pegasus::nearest_code runs the same builds (nearest_rows): (N, K, D, dtype) with row tails of
+# the 6- and 4-row blocks, code counts off every panel width (8, 16, 64), and K=1.
+NEAREST_BUILD_CASES = [(97, 11, 3, torch.float64), (203, 70, 64, torch.float32), (1001, 513, 64, torch.float32), (13, 1, 5, torch.float32)]
 # The builds of csrc/cpu/vec_kernels*, lowest first, as ATEN_CPU_CAPABILITY and pegasus._C name them.
 VECTOR_BUILDS = ("default", "avx2", "avx512")
 _BUILD_SCRIPT = textwrap.dedent(
     """
     import sys, torch
     sys.path.insert(0, ROOT)
-    from tests.test_sample_loop import BUILD_CASES, step_inputs
+    from tests.test_sample_loop import BUILD_CASES, NEAREST_BUILD_CASES, nearest_inputs, step_inputs
     out = {"torch": torch.backends.cpu.get_cpu_capability(), "capability": torch.ops.pegasus._cpu_capability()}
     for channels, codes, batch, dtype in BUILD_CASES:
         weights, cond, noise = step_inputs(channels, codes, batch, dtype)
         out[channels] = torch.ops.pegasus.sample_loop(weights, cond, noise, 0.9, 0, True)
+    out["nearest"] = [torch.ops.pegasus.nearest_code(*nearest_inputs(*case)) for case in NEAREST_BUILD_CASES]
     torch.save(out, sys.argv[1])
     """
 )
+
+
+def nearest_inputs(n, k, d, dtype):
+    """Seeded z: Tensor[N, D] and codebook: Tensor[K, D] for NEAREST_BUILD_CASES."""
+    g = torch.Generator().manual_seed(n * 7 + k)
+    return torch.randn(n, d, generator=g, dtype=dtype), torch.randn(k, d, generator=g, dtype=dtype)
 
 
 def _run_build(capability, path):
@@ -324,6 +334,21 @@ def test_avx2_and_avx512_builds_agree_bit_for_bit(vector_builds):
             pytest.skip(missing[build])
     for channels, *_ in BUILD_CASES:
         assert torch.equal(results["avx2"][channels][1], results["avx512"][channels][1]), channels
+
+
+@needs_ext
+@pytest.mark.parametrize("build", VECTOR_BUILDS)
+def test_every_vector_build_finds_the_nearest_codes(vector_builds, build):
+    """pegasus::nearest_code's fused kernel (nearest_rows) in every build this CPU runs: the
+    reference's codes except on near-ties (tests/test_nearest_code.py's rule)."""
+    from .test_nearest_code import assert_nearest
+
+    results, missing = vector_builds
+    if build in missing:
+        pytest.skip(missing[build])
+    for case, (indices, min_sq_dist) in zip(NEAREST_BUILD_CASES, results[build]["nearest"]):
+        z, codebook = nearest_inputs(*case)
+        assert_nearest(z, codebook, indices, min_sq_dist, reference.nearest_code(z, codebook)[0])
 
 
 def opcheck_samples():
