@@ -76,7 +76,7 @@ NEAREST_CODE = Family(
     env="PEGASUS_NEAREST_CODE_BACKEND",
     backends=(
         Backend("reference", "pure PyTorch, the whole N x K distance matrix (pegasus.reference)"),
-        Backend("cpu", "tiled C++ kernel (csrc/cpu/nearest_code.cpp)", needs=("cpp",), devices=("cpu",), default_on=("cpu",)),
+        Backend("cpu", "C++ kernel, products fused with the argmin (csrc/cpu/nearest_code.cpp)", needs=("cpp",), devices=("cpu",), default_on=("cpu",)),
         Backend(
             "triton", "Triton kernel (pegasus.kernels.nearest_code)", needs=("cpp", "triton"), devices=("cuda",),
             default_on=("cuda",), module="pegasus.kernels.nearest_code",
