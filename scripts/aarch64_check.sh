@@ -33,6 +33,9 @@ cache=$dir/cache
 sysroot=$dir/sysroot
 site=$dir/site-$torch_version
 tree=$dir/tree-$torch_version
+# About 11-13 min under qemu on one busy core (761 tests, 41 skipped). Emulation is 20-100x slower
+# than the host: test_ctrl_c_stops_the_loop_between_rows gives the interrupted child 60 s to finish
+# its row; the whole test took 71-104 s here and timed out once, on a loaded host.
 TESTS=(tests/test_extension.py tests/test_nearest_code.py tests/test_sample_loop.py tests/test_sample_step_triton.py)
 mkdir -p "$cache"
 
