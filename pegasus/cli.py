@@ -124,7 +124,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from pegasus import __version__, _extension, backends
-    from pegasus.machine import BUSY_REGION_S, ISA, cpu_isa, cpu_name, parallel_region_s
+    from pegasus.machine import BUSY_REGION_S, cpu_isa, cpu_name, isa_text, parallel_region_s
     from pegasus.pretrained import WEIGHTS_DIR
     from pegasus.training import bf16_supported, resolve_precision
 
@@ -136,8 +136,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ext = f"NOT loaded: {_extension.cpp_load_error()}"
     print(f"C++ extension pegasus._C: {ext}")
     isa, source = cpu_isa()
-    isa_text = "unknown" if isa is None else " ".join(isa) or "none of " + " ".join(ISA)
-    print(f"CPU: {cpu_name()}: {isa_text} ({source}); torch's CPU kernels built for {torch.backends.cpu.get_cpu_capability()}")
+    print(f"CPU: {cpu_name()}: {isa_text(isa)} ({source}); torch's CPU kernels built for {torch.backends.cpu.get_cpu_capability()}")
     threads = torch.get_num_threads()
     if threads > 1:
         region = parallel_region_s()

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ISA", "busy_cores", "cpu_isa", "cpu_name", "guarded_threads", "parallel_region_s", "set_threads", "threads_are_explicit"]
+__all__ = ["ISA", "busy_cores", "cpu_isa", "cpu_name", "isa_text", "guarded_threads", "parallel_region_s", "set_threads", "threads_are_explicit"]
 
 _log = logging.getLogger(__name__)
 
@@ -78,6 +78,13 @@ def cpu_isa() -> tuple[list[str] | None, str]:
         return None, "/proc/cpuinfo"
     flags = set((info.get("flags") or info.get("Features") or "").split())  # x86 / aarch64
     return [name for name, (_, flag) in ISA.items() if flag in flags], "/proc/cpuinfo"
+
+
+def isa_text(isa: list[str] | None) -> str:
+    """`cpu_isa`'s list as one phrase: "avx2 fma ...", "none of ..." or "instruction sets unknown"."""
+    if isa is None:
+        return "instruction sets unknown"
+    return " ".join(isa) or "none of " + " ".join(ISA)
 
 
 def cpu_name() -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from pegasus.machine import ISA
+from pegasus.machine import isa_text
 
 __all__ = ["device_name", "machine", "median_s", "peak_bytes", "ratio", "to_json_lines"]
 
@@ -89,9 +89,8 @@ def device_name(device: str) -> str:
     if device != "cpu":
         return torch.cuda.get_device_name(device)
     m = machine()
-    isa = "instruction sets unknown" if m["isa"] is None else " ".join(m["isa"]) or "none of " + " ".join(ISA)
     ext = f", pegasus {m['pegasus_cpu_capability']}" if m["pegasus_cpu_capability"] else ""
-    return f"{m['cpu']} ({isa}; torch {m['torch_cpu_capability']}{ext}), {m['threads']} threads"
+    return f"{m['cpu']} ({isa_text(m['isa'])}; torch {m['torch_cpu_capability']}{ext}), {m['threads']} threads"
 
 
 def to_json_lines(records: Sequence[Any]) -> str:

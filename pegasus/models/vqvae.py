@@ -281,8 +281,7 @@ class VQVAE2(nn.Module):
         return self.decode(self.quantizer_top.lookup(top), self.quantizer_bottom.lookup(bottom))
 
     def forward(self, x: Tensor) -> VQVAEOutput:
-        self._check_images(x)
-        features = self.encoder_bottom(_centred(x))
+        features = self.encode(x)
         top = self.quantizer_top(self.encoder_top(features))
         bottom = self.quantizer_bottom(self._bottom_latents(features, top.quantized))
         recon = self.decode(top.quantized, bottom.quantized)
