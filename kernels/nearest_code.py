@@ -15,8 +15,8 @@ TF32 remainder) accumulated in float32, not the single TF32 product that loses 1
 the exact ones than the reference's own cuBLAS float32 (worst |error| / (||z - mean||^2 + max
 ||e - mean||^2): 1.7e-7 / 1.8e-7 at N = 4096 / 36864, the reference 1.8e-7 / 1.7e-7; "ieee" here
 1.9e-7 / 2.4e-7) and every index equalled the reference's; with a shared offset of 1e3 every row got
-the exact nearest code; tests/test_gpu.py's nearest_code tests passed. The kernel took 21.7 / 74.2 us (CUDA graph replay) against 63.0 / 264.6
-us with the CUDA-core "ieee" dot, and the previous launcher (a torch prologue for the mean, centred
+the exact nearest code; tests/test_gpu.py's nearest_code tests passed. The kernel took 21.7 / 74.2
+us (CUDA graph replay) against 63.0 / 264.6 us with the CUDA-core "ieee" dot, and the previous launcher (a torch prologue for the mean, centred
 codebook and norms, then the kernel) 59.9 / 214.5 us. float64 keeps "ieee" (tf32x3 is float32's).
 The whole op is now bound by the host, not by this kernel: `pegasus bench nearest-code --quick` on
 that H200 gave 0.43 ms at both N (reference 0.46 / 0.72 ms), and `settle_overflow_rows`, which

@@ -35,7 +35,7 @@
 namespace pegasus {
 namespace {
 
-// Rows per tile: a multiple of every build's row block (6 for AVX-512, 4 for AVX2 and portable),
+// Rows per tile: a multiple of every build's row block (6 for AVX-512 and AVX2, 4 portable),
 // small enough that N=4096 still gives each of a few threads several tiles.
 constexpr int64_t kTileRows = 96;
 

@@ -1,5 +1,6 @@
 // Dispatch of vec_kernels.h, and its portable build: vectors of 16 bytes (SSE2, NEON); no fused
-// multiply-add on x86-64 (SSE2 has none), fused `fmla` on aarch64 (GCC contracts a*b+c there). 32-byte vectors, lowered to pairs of SSE2 registers, made a whole sample 9x slower.
+// multiply-add on x86-64 (SSE2 has none), fused `fmla` on aarch64 (GCC contracts a*b+c there).
+// 32-byte vectors, lowered to pairs of SSE2 registers, made a whole sample 9x slower.
 #include "vec_kernels.h"
 
 #include <cmath>

@@ -1,7 +1,7 @@
 // The vector kernels of the cached sampler's steps (csrc/cpu/sample_step.cpp): a register-blocked
 // small GEMM and the gate tanh(a) * sigmoid(b); and of pegasus::nearest_code
-// (csrc/cpu/nearest_code.cpp): the same GEMM blocks fused with a running argmin. Built three times from vec_kernels_impl.h: for
-// AVX-512 (vec_kernels_avx512.cpp), for AVX2+FMA (vec_kernels_avx2.cpp) and portably
+// (csrc/cpu/nearest_code.cpp): the same GEMM blocks fused with a running argmin. Built three times
+// from vec_kernels_impl.h: for AVX-512 (vec_kernels_avx512.cpp), for AVX2+FMA (vec_kernels_avx2.cpp) and portably
 // (vec_kernels.cpp), which picks one once, at the first call (`cpu_capability()`).
 #pragma once
 
@@ -30,7 +30,8 @@ inline Rows<T> dense_rows(const T* x, int64_t ldx) {
 //   for m_begin <= m < m_end and n_begin <= j < n_end; w row-major [k, n]; ldb = 0 broadcasts
 //   one bias row; bias may be out itself (ldb = n) to accumulate. Each sum runs over i in order,
 //   from the bias, with fused multiply-adds on the AVX2 and AVX-512 builds: those two give the same
-//   bits, the portable build (separate multiply and add on x86-64, fused on aarch64) may differ in the last place.
+//   bits, the portable build (separate multiply and add on x86-64, fused on aarch64) may differ in
+//   the last place.
 void small_gemm(const Rows<float>& x, const float* w, const float* bias, int64_t ldb, float* out, int64_t m_begin,
                 int64_t m_end, int64_t n_begin, int64_t n_end, int64_t k, int64_t n);
 void small_gemm(const Rows<double>& x, const double* w, const double* bias, int64_t ldb, double* out,
