@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from pegasus.checkpoint import atomic_write_bytes, atomic_write_text
 from pegasus.data import DatasetError, load_dataset
 from pegasus.images import images_to_tensor, make_grid, save_image, to_uint8, white_centre, whiteness
-from pegasus.interpolate import choose_pairs, interpolate_codes, region_field
-from pegasus.models.classifier import Classifier
+from pegasus.mixing import choose_pairs, interpolate_codes, region_field
+from pegasus.models.classifier import Classifier, predict
 from pegasus.rundir import (
     EVALUATION,
     EVALUATION_PLOT,
@@ -47,8 +47,7 @@ from pegasus.rundir import (
     read_selection,
     selected_images,
 )
-from pegasus.sample import Run, load_run
-from pegasus.train_classifier import predict
+from pegasus.run import Run, load_run
 
 __all__ = ["EVAL_ALPHAS", "STAGES", "evaluate_run", "frechet_distance", "format_report", "white_centre"]
 

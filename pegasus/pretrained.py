@@ -38,7 +38,7 @@ from pegasus.rundir import (
     load_classifier,
     prior_dir,
 )
-from pegasus.sample import Run, load_run
+from pegasus.run import Run, load_run
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 """Where the shipped run lives (installed with the package as package data), with the classifier

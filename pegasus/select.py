@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from pegasus.data import ImageDataset
 from pegasus.images import make_grid, save_image, white_centre, whiteness
-from pegasus.models.classifier import Classifier
+from pegasus.models.classifier import Classifier, predict
 from pegasus.rundir import CONTACT_SHEET, SelectionError, check_ids, class_index, write_selection as write_selection_record
 
 __all__ = ["DEFAULT_PICKS", "Selection", "SelectionError", "contact_sheet", "pick_class", "read_ids", "select_white", "whiteness", "write_selection"]
@@ -79,7 +79,6 @@ def pick_class(ds: ImageDataset, name: str, n: int | None, ids: list[int] | None
 
 def _confidence(classifier: Classifier, ds: ImageDataset, ids: np.ndarray, name: str) -> np.ndarray:
     """The classifier's probability that each image of `ids` is a `name`."""
-    from pegasus.train_classifier import predict
 
     return predict(classifier, np.asarray(ds.images[ids]))[:, classifier.class_index(name)].numpy()
 

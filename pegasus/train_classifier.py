@@ -26,7 +26,7 @@ from torch import Tensor
 from pegasus.checkpoint import atomic_write_text, load_checkpoint, read_checkpoint, save_weights, stamp
 from pegasus.data import load_dataset
 from pegasus.images import images_to_tensor, save_loss_curves
-from pegasus.models.classifier import Classifier, ClassifierConfig
+from pegasus.models.classifier import Classifier, ClassifierConfig, accuracy, predict
 from pegasus.rundir import (
     CLASSIFIER_CHECKPOINT,
     CLASSIFIER_CONFIG,
@@ -73,28 +73,6 @@ def augment(x: Tensor, generator: torch.Generator, shift: int = 2) -> Tensor:
     x = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(b, 3, h, w)
     return x.gather(3, cols)
-
-
-@torch.no_grad()
-def predict(model: Classifier, images: np.ndarray | Tensor, batch_size: int = 500, features: bool = False) -> Tensor:
-    """Class probabilities Tensor[N, classes] (or, with features, Tensor[N, F]) of uint8 images
-    [N, H, W, 3] (array) or [N, 3, H, W] (tensor), each averaged with its mirror image."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(images), batch_size):
-        chunk = images[i : i + batch_size]
-        x = images_to_tensor(chunk, device) if isinstance(chunk, np.ndarray) else chunk.to(device).float().div(255)
-        if features:
-            out.append(((model.features(x) + model.features(x.flip(3))) / 2).float().cpu())
-        else:
-            out.append(((model(x).float().softmax(1) + model(x.flip(3)).float().softmax(1)) / 2).cpu())
-    return torch.cat(out)
-
-
-def accuracy(model: Classifier, images: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> float:
-    """Share of `images` whose most probable class (mirror-averaged) is its label."""
-    return float((predict(model, images).argmax(1) == torch.as_tensor(np.asarray(labels))).float().mean())
 
 
 def train_classifier(

@@ -22,7 +22,7 @@ from pegasus import backends
 from pegasus.cli import main
 from pegasus.demo import MAX_SAMPLES, make_server
 from pegasus.images import make_grid
-from pegasus.sample import Run
+from pegasus.run import Run
 
 
 @contextmanager

@@ -12,7 +12,8 @@ from pegasus import pipeline
 from pegasus.checkpoint import CheckpointError
 from pegasus.data import load_dataset
 from pegasus.images import images_to_tensor
-from pegasus.interpolate import choose_pairs, interpolate
+from pegasus.interpolate import interpolate
+from pegasus.mixing import choose_pairs
 from pegasus.rundir import load_prior, read_latents
 from pegasus.train_prior import train_prior
 from pegasus.training import TrainingError

@@ -13,11 +13,13 @@ from pegasus.cli import main
 from pegasus.data import load_dataset
 from pegasus.evaluate import EVAL_ALPHAS, evaluate_run, format_report, frechet_distance
 from pegasus.images import white_centre
-from pegasus.interpolate import interpolate, mix, region_field
+from pegasus.interpolate import interpolate
+from pegasus.mixing import mix, region_field
 from pegasus.models.classifier import Classifier, ClassifierConfig, perceptual_distance
 from pegasus.rundir import latents_meta, load_classifier, read_class_latents, read_latents, read_selection
 from pegasus.select import select_white
-from pegasus.train_classifier import augment, lr_at, predict, train_classifier
+from pegasus.models.classifier import predict
+from pegasus.train_classifier import augment, lr_at, train_classifier
 from pegasus.train_prior import PriorTrainConfig, train_prior
 from pegasus.train_vqvae import VQVAETrainConfig, train_vqvae
 

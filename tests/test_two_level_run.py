@@ -15,7 +15,8 @@ from PIL import Image
 from pegasus import pipeline
 from pegasus.cli import main
 from pegasus.rundir import load_prior, read_latents
-from pegasus.sample import load_run, sample_to_file
+from pegasus.run import load_run
+from pegasus.sample import sample_to_file
 
 from .conftest import TINY_PIPELINE, needs_ext
 from .test_sample_loop import LOOP_BACKENDS

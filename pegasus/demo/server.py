@@ -44,7 +44,7 @@ from pegasus import backends
 from pegasus.checkpoint import CheckpointError
 from pegasus.demo.settings import MAX_SAMPLES, BadRequest, Settings, check_top_k, parse_settings
 from pegasus.images import encode_image, make_grid
-from pegasus.sample import Run, load_run
+from pegasus.run import Run, load_run
 
 STRIP_ALPHAS = tuple(i / 8 for i in range(9))
 """The alphas of the strip: one seed's first sample from bird (0) to horse (1)."""

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pegasus.images import images_to_tensor
 
 
 @dataclass
@@ -96,3 +100,25 @@ def perceptual_distance(net: Classifier, a: Tensor, b: Tensor) -> Tensor:
         fa, fb = F.normalize(fa.float(), dim=1), F.normalize(fb.float(), dim=1)
         total = total + (fa - fb).pow(2).sum(1).mean()
     return total / (len(net.groups) + 1)
+
+
+@torch.no_grad()
+def predict(model: Classifier, images: np.ndarray | Tensor, batch_size: int = 500, features: bool = False) -> Tensor:
+    """Class probabilities Tensor[N, classes] (or, with features, Tensor[N, F]) of uint8 images
+    [N, H, W, 3] (array) or [N, 3, H, W] (tensor), each averaged with its mirror image."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i : i + batch_size]
+        x = images_to_tensor(chunk, device) if isinstance(chunk, np.ndarray) else chunk.to(device).float().div(255)
+        if features:
+            out.append(((model.features(x) + model.features(x.flip(3))) / 2).float().cpu())
+        else:
+            out.append(((model(x).float().softmax(1) + model(x.flip(3)).float().softmax(1)) / 2).cpu())
+    return torch.cat(out)
+
+
+def accuracy(model: Classifier, images: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> float:
+    """Share of `images` whose most probable class (mirror-averaged) is its label."""
+    return float((predict(model, images).argmax(1) == torch.as_tensor(np.asarray(labels))).float().mean())
