@@ -1,12 +1,14 @@
 """`pegasus bench train`: the plain tutorial VQ-VAE beside pegasus's, fp32 beside bf16 (figures
-live in benchmarks/results and the README, never in asserts)."""
+live in benchmarks/results and the README, never in asserts); the benches' one table builder."""
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from pegasus.bench import train
+from pegasus.bench.harness import markdown_table
 from pegasus.cli import main
 from pegasus.models.vqvae import VQVAEConfig
 
@@ -43,3 +45,12 @@ def test_cli_writes_records(tmp_path, capsys, monkeypatch):
     assert len(lines) == 5 and json.loads(lines[2])["precision"] == "bf16"
     assert "| step | model | precision |" in capsys.readouterr().out
 
+
+
+def test_markdown_table_is_the_one_table_builder():
+    table = markdown_table([("name", "<"), ("ms", ">")], [("cpu", 1.5), ("reference", "")])
+    assert table.splitlines() == ["| name | ms |", "| --- | ---: |", "| cpu | 1.5 |", "| reference |  |"]
+    with pytest.raises(ValueError, match=r"column 'ms': align should be '<' or '>', got '\^'"):
+        markdown_table([("ms", "^")], [])
+    with pytest.raises(ValueError, match=r"a row should have 2 cells \(the columns\), got 1: \('cpu',\)"):
+        markdown_table([("name", "<"), ("ms", ">")], [("cpu",)])

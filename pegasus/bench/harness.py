@@ -8,12 +8,13 @@
 - **machine** (`machine`): the CPU's name and instruction sets, the builds of torch's and the
   extension's vector code, and the threads: every JSON record carries it, and the tables' headers
   name the CPU, so that a figure is never read without the machine that made it.
+- **tables** (`markdown_table`): the one builder of the benchmarks' markdown tables.
 """
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 
 from pegasus.machine import isa_text
 
-__all__ = ["device_name", "machine", "median_s", "peak_bytes", "ratio", "to_json_lines"]
+__all__ = ["device_name", "machine", "markdown_table", "median_s", "peak_bytes", "ratio", "to_json_lines"]
 
 
 def _status_kib(field: str) -> int:
@@ -102,3 +103,24 @@ def to_json_lines(records: Sequence[Any]) -> str:
 def ratio(x: float | None, digits: int = 1) -> str:
     """A speedup for a table cell: "2.2x", or "" where there is none."""
     return "" if x is None else f"{x:.{digits}f}x"
+
+
+_RULES = {"<": "---", ">": "---:"}
+
+
+def markdown_table(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[object]]) -> str:
+    """A markdown table. columns: (title, "<" aligned left or ">" right) each; rows: one cell a
+    column each, written with str()."""
+    for title, align in columns:
+        if align not in _RULES:
+            raise ValueError(f"column {title!r}: align should be '<' or '>', got {align!r}")
+    lines = [_row(title for title, _ in columns), _row(_RULES[align] for _, align in columns)]
+    for cells in rows:
+        if len(cells) != len(columns):
+            raise ValueError(f"a row should have {len(columns)} cells (the columns), got {len(cells)}: {cells!r}")
+        lines.append(_row(map(str, cells)))
+    return "\n".join(lines)
+
+
+def _row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

@@ -25,7 +25,7 @@ from importlib.util import find_spec
 
 import torch
 
-from pegasus.bench.harness import median_s, peak_bytes
+from pegasus.bench.harness import markdown_table, median_s, peak_bytes, ratio
 
 __all__ = ["FULL_SHAPES", "QUICK_SHAPES", "Record", "available_providers", "format_table", "run", "setup"]
 
@@ -159,17 +159,16 @@ def run(
     return records, notes
 
 
+_COLUMNS = (("N", ">"), ("K", ">"), ("D", ">"), ("backend", "<"), ("median ms", ">"), ("peak MiB", ">"),
+            ("speedup vs reference", ">"), ("memory ratio vs reference", ">"))
+
+
 def format_table(records: Sequence[Record]) -> str:
     """Markdown table: shape | backend | median ms | peak MiB | speedup and memory ratio vs reference."""
-    lines = [
-        "| N | K | D | backend | median ms | peak MiB | speedup vs reference | memory ratio vs reference |",
-        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
-    ]
-    for r in records:
-        lines.append(
-            f"| {r.n} | {r.k} | {r.d} | {r.backend} | {r.median_s * 1e3:.2f} | {r.peak_bytes / 2**20:.2f} | "
-            f"{r.speedup_vs_reference:.2f}x | {r.memory_ratio_vs_reference:.1f}x |"
-        )
-    return "\n".join(lines)
+    return markdown_table(_COLUMNS, [
+        (r.n, r.k, r.d, r.backend, f"{r.median_s * 1e3:.2f}", f"{r.peak_bytes / 2**20:.2f}",
+         ratio(r.speedup_vs_reference, 2), ratio(r.memory_ratio_vs_reference))
+        for r in records
+    ])
 
 

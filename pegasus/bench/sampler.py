@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pegasus.bench.harness import device_name, ratio
+from pegasus.bench.harness import device_name, markdown_table, ratio
 
 __all__ = ["FULL_CASES", "QUICK_CASES", "Record", "available_backends", "format_table", "run"]
 
@@ -175,20 +175,17 @@ def run(
     return records, notes
 
 
+_COLUMNS = (("grid", "<"), ("batch", ">"), ("backend", "<"), ("median ms", ">"), ("samples/s", ">"),
+            ("vs naive", ">"), ("vs reference", ">"))
+
+
 def format_table(records: Sequence[Record]) -> str:
     """Markdown table: grid | batch | backend | median ms | samples/s | speedups."""
-
-    lines = [
-        "| grid | batch | backend | median ms | samples/s | vs naive | vs reference |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
-    ]
-    for r in records:
-        note = f" (from {r.naive_rows_timed} row)" if r.naive_rows_timed else ""
-        lines.append(
-            f"| {r.grid} | {r.batch} | {r.backend} | {r.median_s * 1e3:.1f}{note} | {r.samples_per_s:.1f} | "
-            f"{ratio(r.speedup_vs_naive)} | {ratio(r.speedup_vs_reference)} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(_COLUMNS, [
+        (r.grid, r.batch, r.backend, f"{r.median_s * 1e3:.1f}" + (f" (from {r.naive_rows_timed} row)" if r.naive_rows_timed else ""),
+         f"{r.samples_per_s:.1f}", ratio(r.speedup_vs_naive), ratio(r.speedup_vs_reference))
+        for r in records
+    ])
 
 
 def header(device: str, levels: int = 1) -> str:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pegasus.bench.harness import device_name, ratio
+from pegasus.bench.harness import device_name, markdown_table, ratio
 
 __all__ = ["PlainQuantizer", "PlainVQVAE", "Record", "format_table", "run"]
 
@@ -182,18 +182,17 @@ def run(
     return records
 
 
+_COLUMNS = (("step", "<"), ("model", "<"), ("precision", "<"), ("batch", ">"), ("median ms", ">"), ("items/s", ">"),
+            ("vs plain fp32", ">"), ("vs pegasus fp32", ">"))
+
+
 def format_table(records: Sequence[Record]) -> str:
-    lines = [
-        "| step | model | precision | batch | median ms | items/s | vs plain fp32 | vs pegasus fp32 |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in records:
-        unit = "images" if r.op == "vqvae" else "grids"
-        lines.append(
-            f"| {r.op} | {r.model} | {r.precision} | {r.batch} | {r.median_s * 1e3:.0f} | {r.items_per_s:.0f} {unit} | "
-            f"{ratio(r.speedup_vs_plain_fp32, 2)} | {ratio(r.speedup_vs_fp32, 2)} |"
-        )
-    return "\n".join(lines)
+    """Markdown table: step | model | precision | batch | median ms | items/s | speedups."""
+    return markdown_table(_COLUMNS, [
+        (r.op, r.model, r.precision, r.batch, f"{r.median_s * 1e3:.0f}",
+         f"{r.items_per_s:.0f} {'images' if r.op == 'vqvae' else 'grids'}", ratio(r.speedup_vs_plain_fp32, 2), ratio(r.speedup_vs_fp32, 2))
+        for r in records
+    ])
 
 
 def header(device: str) -> str:
