@@ -6,6 +6,7 @@ was received; the server answers it with HTTP 400 and the page shows the line.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,36 +38,29 @@ class Settings:
     backend: str
 
 
-def _int(body: dict[str, Any], name: str, low: int, high: int, default: int | None = None) -> int | None:
-    value = body.get(name, default)
-    if value is None or value == "":
-        if default is None:
-            return None
-        value = default
-    text = str(value).strip()
-    try:
-        number = int(text)
-    except ValueError:
-        raise BadRequest(f"{name} should be an integer in {low}..{high}, got {text[:40]!r}") from None
-    if isinstance(value, bool) or not low <= number <= high:
-        raise BadRequest(f"{name} should be an integer in {low}..{high}, got {text[:40]}")
-    return number
-
-
-def _float(body: dict[str, Any], name: str, default: float | None, expected: str, ok: Any) -> float | None:
+def _number(
+    body: dict[str, Any], name: str, kind: type[int] | type[float], expected: str, ok: Callable[[Any], bool],
+    default: int | float | None = None,
+) -> Any:
+    """body[name] read as `kind` (JSON numbers and strings alike), `default` when absent or empty;
+    BadRequest "{name} should be {expected}, got ..." when it does not read or `ok` refuses it."""
     value = body.get(name)
     if value is None or value == "":
         if default is None:
             return None
         value = default
-    text = str(value).strip()
+    text = str(value).strip()  # a JSON true reads "True", which neither int() nor float() takes
     try:
-        number = float(text)
+        number = kind(text)
     except ValueError:
         raise BadRequest(f"{name} should be {expected}, got {text[:40]!r}") from None
-    if isinstance(value, bool) or not math.isfinite(number) or not ok(number):
+    if not ok(number):
         raise BadRequest(f"{name} should be {expected}, got {text[:40]}")
     return number
+
+
+def _int(body: dict[str, Any], name: str, low: int, high: int, default: int | None = None) -> int | None:
+    return _number(body, name, int, f"an integer in {low}..{high}", lambda x: low <= x <= high, default)
 
 
 def parse_settings(body: Any, backends: list[str], default_backend: str) -> Settings:
@@ -86,8 +80,8 @@ def parse_settings(body: Any, backends: list[str], default_backend: str) -> Sett
     return Settings(
         run=run.strip(),
         n=_int(body, "n", 1, MAX_SAMPLES, default=16),
-        alpha=_float(body, "alpha", 0.5, "a number in 0..1 (0 = bird, 1 = horse)", lambda a: 0 <= a <= 1),
-        temperature=_float(body, "temperature", None, "a finite number > 0", lambda t: t > 0),
+        alpha=_number(body, "alpha", float, "a number in 0..1 (0 = bird, 1 = horse)", lambda a: 0 <= a <= 1, 0.5),
+        temperature=_number(body, "temperature", float, "a finite number > 0", lambda t: math.isfinite(t) and t > 0),
         top_k=_int(body, "top_k", 1, 2**31 - 1),
         seed=_int(body, "seed", 0, _MAX_SEED, default=0),
         backend=backend,
