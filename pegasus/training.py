@@ -1,5 +1,8 @@
-"""The training machinery the VQ-VAE and the prior share: run-directory settings with --resume
-rules, and a loop with a tqdm bar, metrics.jsonl, atomic checkpoints and a stop on a non-finite loss.
+"""The training machinery the VQ-VAE, the prior and the classifier share: one skeleton, `train`,
+that each fills in with the hooks of a `Trainer` (what to build, the loss of a step, what to
+evaluate). It settles the settings with the --resume rules, writes the config file, resumes from
+the checkpoint, runs a loop with a tqdm bar, metrics.jsonl, atomic checkpoints and a stop on a
+non-finite loss, then writes the weights, the evaluation and the loss curves.
 
 Under torchrun (see pegasus._distributed) every rank runs the loop on its slice of each batch;
 the logged scalars are means over the ranks, and rank 0 alone writes metrics and checkpoints.
@@ -9,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,14 +28,24 @@ from pegasus._distributed import Dist
 from pegasus.checkpoint import (
     atomic_write_text,
     has_checkpoint,
+    load_checkpoint,
     previous_path,
+    read_checkpoint,
     read_run_config,
     remove_stale_temps,
     save_checkpoint,
+    save_weights,
+    stamp,
 )
+from pegasus.images import save_loss_curves
 from pegasus.machine import busy_cores, cpu_isa
 
 _log = logging.getLogger(__name__)
+
+StepLoss = Callable[[int], tuple[dict[str, Tensor], int]]
+"""step -> ({"loss": scalar to minimise, other scalars to log}, items in this rank's batch)."""
+Validate = Callable[[int], dict[str, float]]
+"""step -> scalars measured before the checkpoint of that step (in eval mode, without gradients)."""
 
 
 class TrainingError(RuntimeError):
@@ -233,7 +247,7 @@ def read_metrics(path: Path, upto_step: int) -> list[dict[str, Any]]:
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    step_loss: Callable[[int], tuple[dict[str, Tensor], int]],
+    step_loss: StepLoss,
     cfg: TrainConfig,
     checkpoint_path: Path,
     metrics_path: Path,
@@ -245,7 +259,7 @@ def fit(
     progress: bool = True,
     dist: Dist | None = None,
     config: dict[str, Any] | None = None,
-    validate: Callable[[int], dict[str, float]] | None = None,
+    validate: Validate | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Train from `step` to `cfg.steps`; returns (every metrics record up to the end, final step).
 
@@ -259,19 +273,10 @@ def fit(
     rank calls it); they join that step's metrics record.
     """
     dist = dist or Dist(torch.device("cpu"))
-    records: list[dict[str, Any]] = []
-    if dist.main:
-        records = read_metrics(metrics_path, step)
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
-        # What a writer killed mid-write left behind (the files themselves are intact).
-        remove_stale_temps(checkpoint_path.parent, [checkpoint_path.name, previous_path(checkpoint_path).name, metrics_path.name])
+    records = _metrics_up_to(step, metrics_path, checkpoint_path) if dist.main else []
     if dist.main and dist.device.type == "cpu":
         _warn_busy_cores()
-
-    def autocast() -> Any:
-        bf16 = cfg.precision == "bf16"
-        return torch.autocast(dist.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
+    autocast = _autocast(cfg.precision, dist.device)
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, desc=desc, unit="step", disable=not (progress and dist.main), dynamic_ncols=True)
     last_ckpt = step if resumed else None
@@ -280,14 +285,7 @@ def fit(
             t0 = time.perf_counter()
             with autocast():
                 parts, items = step_loss(step)
-            # Means over the ranks: every rank takes the same decision on a non-finite loss.
-            values = dist.mean(torch.stack([v.detach().float() for v in parts.values()]))
-            logged = dict(zip(parts, values))
-            if not torch.isfinite(logged["loss"]):
-                where = f"{checkpoint_path} (step {last_ckpt})" if last_ckpt is not None else "none was written yet"
-                raise TrainingError(
-                    f"loss became {float(logged['loss'])} at step {step + 1}; training stopped. Last good checkpoint: {where}"
-                )
+            logged = _finite_means(parts, step, dist, checkpoint_path, last_ckpt)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()
@@ -295,12 +293,7 @@ def fit(
             rate = items * dist.world / (time.perf_counter() - t0)
             bar.update(1)
             checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
-            checked: dict[str, float] = {}
-            if validate is not None and checkpoint:
-                model.eval()
-                with torch.no_grad(), autocast():
-                    checked = validate(step)
-                model.train()
+            checked = _validated(model, validate, step, autocast) if validate is not None and checkpoint else {}
             if dist.main and (step % cfg.log_every == 0 or step == cfg.steps or checked):
                 rec = {"step": step, **{k: float(v) for k, v in logged.items()}, f"{unit}_per_s": rate, **checked}
                 metrics_file.write(json.dumps(rec) + "\n")
@@ -313,3 +306,151 @@ def fit(
                 last_ckpt = step
     bar.close()
     return records, step
+
+
+def _metrics_up_to(step: int, metrics_path: Path, checkpoint_path: Path) -> list[dict[str, Any]]:
+    """The metrics records up to `step`, the file cut back to them; what a writer killed mid-write
+    left behind removed (the files themselves are intact)."""
+    records = read_metrics(metrics_path, step)
+    atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+    remove_stale_temps(checkpoint_path.parent, [checkpoint_path.name, previous_path(checkpoint_path).name, metrics_path.name])
+    return records
+
+
+def _autocast(precision: str | None, device: torch.device) -> Callable[[], AbstractContextManager[Any]]:
+    """A fresh context for each forward pass: bfloat16 autocast on `device` in bf16, none in fp32."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+def _finite_means(parts: dict[str, Tensor], step: int, dist: Dist, checkpoint_path: Path, last_ckpt: int | None) -> dict[str, Tensor]:
+    """The step's scalars as means over the ranks (every rank takes the same decision on a
+    non-finite loss); TrainingError naming the last good checkpoint when the loss is not finite."""
+    values = dist.mean(torch.stack([v.detach().float() for v in parts.values()]))
+    logged = dict(zip(parts, values))
+    if not torch.isfinite(logged["loss"]):
+        where = f"{checkpoint_path} (step {last_ckpt})" if last_ckpt is not None else "none was written yet"
+        raise TrainingError(f"loss became {float(logged['loss'])} at step {step + 1}; training stopped. Last good checkpoint: {where}")
+    return logged
+
+
+def _validated(model: nn.Module, validate: Validate, step: int, autocast: Callable[[], AbstractContextManager[Any]]) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad(), autocast():
+        checked = validate(step)
+    model.train()
+    return checked
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files one trainer keeps in `folder` (their names are pegasus.rundir's)."""
+
+    folder: Path
+    config: str
+    checkpoint: str
+    metrics: str
+    weights: str
+    evaluation: str
+    curves: str
+
+
+class Trainer(ABC):
+    """One training stage (the VQ-VAE, the prior, the classifier), as the hooks that `train` runs
+    in this order: requested, configure, build, start, then on rank 0 final_weights, summarise
+    and pictures. Each hook keeps on `self` what the later ones need.
+
+    dist: this process's place under torchrun; None for a trainer that runs in one process and
+    joins no process group (the classifier), whose loop then runs with `fit`'s default (a CPU Dist,
+    so its bf16 autocast is the CPU's whatever `device` is).
+    """
+
+    desc: str
+    """The progress bar's label, the command's name ("train-vqvae")."""
+    unit: str
+    """What a batch holds ("images"): the metric f"{unit}_per_s"."""
+    model_key: str
+    """The key of the model's settings in the config file."""
+    files: RunFiles
+    device: torch.device
+    dist: Dist | None
+    postfix: list[tuple[str, str, str]]
+    """(label, metrics key, format) shown on the progress bar."""
+    curves: dict[str, str]
+    """Metrics key -> title of its loss curve."""
+
+    @abstractmethod
+    def requested(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(model fields, train fields) the caller asked for, before `run_settings` weighs them
+        against a run resumed; also what must be read, or refused, before that (the prior's
+        latents, the classifier's data set)."""
+
+    @abstractmethod
+    def configure(self, model_fields: dict[str, Any], train_fields: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+        """(the run's TrainConfig, the record of its config file before `stamp`) from the settled
+        fields; the data the run needs is read here, and refused here if it does not fit."""
+
+    @abstractmethod
+    def build(self, resume: bool) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The model and its optimizer, built after torch.manual_seed(seed); a resumed run's
+        checkpoint is loaded into them next."""
+
+    @abstractmethod
+    def start(self, resume: bool) -> tuple[StepLoss, Validate | None]:
+        """`fit`'s step_loss and validate, once the model holds the weights to train from."""
+
+    def final_weights(self, step: int) -> None:
+        """Put the weights to keep into the model (by default those of the last step)."""
+
+    @abstractmethod
+    def summarise(self, step: int) -> dict[str, Any]:
+        """The evaluation after `step` steps: written to the evaluation file, and returned."""
+
+    def pictures(self) -> None:
+        """Pictures written beside the evaluation (by default none)."""
+
+
+def train(trainer: Trainer, resume: bool, progress: bool) -> dict[str, Any]:
+    """Run `trainer`: settle its settings (`run_settings`), write its config file, build it, resume
+    it from its checkpoint, `fit` it, then write its weights, evaluation and loss curves. Rank 0
+    alone reads and writes the folder; every rank returns the evaluation."""
+    files, dist = trainer.files, trainer.dist or Dist(trainer.device)
+    model_over, train_over = trainer.requested()
+    model_fields, train_fields = dist.on_main(lambda: run_settings(
+        files.folder, files.config, files.checkpoint, trainer.model_key, model_over, train_over, resume, dist.world, trainer.device
+    ))
+    cfg, record = trainer.configure(model_fields, train_fields)
+    config = stamp(record)
+    dist.on_main(lambda: _write_config(files.folder / files.config, config))
+    model_config = record[trainer.model_key]
+    torch.manual_seed(cfg.seed)
+    model, optimizer = trainer.build(resume)
+    step = 0
+    if resume:  # rank 0 reads the file; every rank loads the same bytes
+        used, blob = dist.on_main(lambda: read_checkpoint(files.folder / files.checkpoint))
+        step, _ = load_checkpoint(used, model, optimizer, map_location=trainer.device, data=blob, config=model_config)
+    step_loss, validate = trainer.start(resume)
+    records, step = fit(
+        model, optimizer, step_loss, cfg, files.folder / files.checkpoint, files.folder / files.metrics, step, resume,
+        desc=trainer.desc, unit=trainer.unit, postfix=trainer.postfix, progress=progress, dist=trainer.dist,
+        config=model_config, validate=validate,
+    )
+    return dist.on_main(lambda: _finish(trainer, model, model_config, records, step))
+
+
+def _write_config(path: Path, config: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(config, indent=2))
+
+
+def _finish(trainer: Trainer, model: nn.Module, model_config: dict[str, Any], records: list[dict[str, Any]], step: int) -> dict[str, Any]:
+    files = trainer.files
+    trainer.final_weights(step)
+    save_weights(files.folder / files.weights, model, metadata={"config": json.dumps(model_config)})
+    summary = trainer.summarise(step)
+    atomic_write_text(files.folder / files.evaluation, json.dumps(summary, indent=2))
+    trainer.pictures()
+    if records:
+        save_loss_curves(records, files.folder / files.curves, trainer.curves)
+    return summary
