@@ -8,7 +8,6 @@ batch_size (pegasus._distributed); rank 0 alone writes the run directory.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +19,13 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from pegasus._distributed import Dist, distributed
-from pegasus.checkpoint import atomic_write_text, load_checkpoint, read_checkpoint, save_weights, stamp
 from pegasus.data import ImageDataset, load_dataset
-from pegasus.images import images_to_tensor, save_grid, save_loss_curves
+from pegasus.images import images_to_tensor, save_grid
 from pegasus.models.classifier import Classifier, perceptual_distance
 from pegasus.models.quantizer import code_perplexity
 from pegasus.models.vqvae import VQVAE, VQVAE2, VQVAEConfig, build_vqvae
 from pegasus.rundir import CHECKPOINT, CONFIG, LOSS_CURVES, METRICS, RECONSTRUCTIONS, VQVAE_EVAL, VQVAE_WEIGHTS, load_classifier, load_vqvae
-from pegasus.training import TrainConfig, TrainingError, batch_indices, fit, global_slice, run_settings
+from pegasus.training import RunFiles, StepLoss, TrainConfig, Trainer, TrainingError, batch_indices, global_slice, train
 
 __all__ = ["TrainConfig", "TrainingError", "VQVAETrainConfig", "evaluate", "train_vqvae"]
 
@@ -140,97 +138,92 @@ def train_vqvae(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda was asked for, but torch sees no CUDA device")
     with distributed(device) as dist:
-        return _train_vqvae(data, out, model_cfg, train_cfg, dist, resume, backend, progress, cache_dir)
+        return train(_VQVAETrainer(data, out, model_cfg, train_cfg, dist, backend, cache_dir), resume, progress)
 
 
-def _train_vqvae(
-    data: str | os.PathLike,
-    out: Path,
-    model_cfg: VQVAEConfig | dict[str, Any] | None,
-    train_cfg: VQVAETrainConfig | dict[str, Any] | None,
-    dist: Dist,
-    resume: bool,
-    backend: str | None,
-    progress: bool,
-    cache_dir: str | os.PathLike | None,
-) -> dict[str, Any]:
-    device = dist.device
-    ckpt_path, cfg_path = out / CHECKPOINT, out / CONFIG
-    model_over = model_cfg.to_dict() if isinstance(model_cfg, VQVAEConfig) else dict(model_cfg or {})
-    train_over = dict(train_cfg.__dict__) if isinstance(train_cfg, TrainConfig) else dict(train_cfg or {})
-    train_over = {k: v for k, v in train_over.items() if not (k in ("perceptual_net", "init") and v is None)}
-    model_fields, train_fields = dist.on_main(
-        lambda: run_settings(out, CONFIG, CHECKPOINT, "vqvae", model_over, train_over, resume, dist.world, device)
-    )
-    model_cfg, train_cfg = VQVAEConfig(**model_fields), VQVAETrainConfig(**train_fields)
+class _VQVAETrainer(Trainer):
+    """The VQ-VAE's hooks for `pegasus.training.train`."""
 
-    with dist.node_first():  # one process per node decodes into the cache
-        train_ds = load_dataset(data, "train", cache_dir=cache_dir)
-        test_ds = load_dataset(data, "test", cache_dir=cache_dir)
-    h, w = train_ds.image_size
-    factor = model_cfg.factors[0]  # the coarsest level's
-    if h % factor or w % factor:
-        levels = f" of the top level (--levels 2: twice --downsample {model_cfg.downsample})" if model_cfg.levels == 2 else ""
-        raise TrainingError(f"{data}: images are {h}x{w}, not multiples of the downsampling factor {factor}{levels}")
-    config = stamp({"vqvae": model_cfg.to_dict(), "train": train_cfg.__dict__, "data": _dataset_info(train_ds), "world_size": dist.world})
+    desc, unit, model_key = "train-vqvae", "images", "vqvae"
 
-    def write_config() -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg_path, json.dumps(config, indent=2))
+    def __init__(
+        self,
+        data: str | os.PathLike,
+        out: Path,
+        model_cfg: VQVAEConfig | dict[str, Any] | None,
+        train_cfg: VQVAETrainConfig | dict[str, Any] | None,
+        dist: Dist,
+        backend: str | None,
+        cache_dir: str | os.PathLike | None,
+    ) -> None:
+        self.data, self.asked, self.backend, self.cache_dir = data, (model_cfg, train_cfg), backend, cache_dir
+        self.dist, self.device = dist, dist.device
+        self.files = RunFiles(out, CONFIG, CHECKPOINT, METRICS, VQVAE_WEIGHTS, VQVAE_EVAL, LOSS_CURVES)
 
-    dist.on_main(write_config)
+    def requested(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        model_cfg, train_cfg = self.asked
+        model_over = model_cfg.to_dict() if isinstance(model_cfg, VQVAEConfig) else dict(model_cfg or {})
+        train_over = dict(train_cfg.__dict__) if isinstance(train_cfg, TrainConfig) else dict(train_cfg or {})
+        return model_over, {k: v for k, v in train_over.items() if not (k in ("perceptual_net", "init") and v is None)}
 
-    torch.manual_seed(train_cfg.seed)
-    model = build_vqvae(model_cfg, backend=backend).to(device)
-    for quantizer in model.quantizers:
-        quantizer.sync = dist.active
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=train_cfg.lr)
-    step = 0
-    if train_cfg.init and not resume:
-        start = load_vqvae(train_cfg.init)
-        if start.cfg != model_cfg:
-            raise TrainingError(f"--init {train_cfg.init}: its VQ-VAE settings {start.cfg.to_dict()} differ from this run's {model_cfg.to_dict()}")
-        model.load_state_dict(start.state_dict())
-    net = None
-    if train_cfg.perceptual > 0:
-        from pegasus.pretrained import AUX_CLASSIFIER_DIR
+    def configure(self, model_fields: dict[str, Any], train_fields: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+        self.cfg, self.train_cfg = VQVAEConfig(**model_fields), VQVAETrainConfig(**train_fields)
+        with self.dist.node_first():  # one process per node decodes into the cache
+            self.train_ds = load_dataset(self.data, "train", cache_dir=self.cache_dir)
+            self.test_ds = load_dataset(self.data, "test", cache_dir=self.cache_dir)
+        h, w = self.train_ds.image_size
+        factor = self.cfg.factors[0]  # the coarsest level's
+        if h % factor or w % factor:
+            levels = f" of the top level (--levels 2: twice --downsample {self.cfg.downsample})" if self.cfg.levels == 2 else ""
+            raise TrainingError(f"{self.data}: images are {h}x{w}, not multiples of the downsampling factor {factor}{levels}")
+        data = _dataset_info(self.train_ds)
+        return self.train_cfg, {"vqvae": self.cfg.to_dict(), "train": self.train_cfg.__dict__, "data": data, "world_size": self.dist.world}
 
-        net = load_classifier(train_cfg.perceptual_net or AUX_CLASSIFIER_DIR, device)
-        net.requires_grad_(False)
-    if resume:  # rank 0 reads the file; every rank loads the same bytes
-        used, blob = dist.on_main(lambda: read_checkpoint(ckpt_path))
-        step, _ = load_checkpoint(used, model, optimizer, map_location=device, data=blob, config=model_cfg.to_dict())
-    variance = data_variance(train_ds.images)
-    # The codebook's EMA buffers are kept equal by the quantizer itself (sync), not re-broadcast.
-    trained = DistributedDataParallel(model, forward_sync_buffers=False) if dist.active else model
+    def build(self, resume: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        self.model = build_vqvae(self.cfg, backend=self.backend).to(self.device)
+        for quantizer in self.model.quantizers:
+            quantizer.sync = self.dist.active
+        optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.train_cfg.lr)
+        init = self.train_cfg.init
+        if init and not resume:
+            start = load_vqvae(init)
+            if start.cfg != self.cfg:
+                raise TrainingError(f"--init {init}: its VQ-VAE settings {start.cfg.to_dict()} differ from this run's {self.cfg.to_dict()}")
+            self.model.load_state_dict(start.state_dict())
+        self.net = None
+        if self.train_cfg.perceptual > 0:
+            from pegasus.pretrained import AUX_CLASSIFIER_DIR
 
-    def step_loss(s: int) -> tuple[dict[str, Tensor], int]:
-        batch = np.sort(batch_indices(len(train_ds), train_cfg.batch_size * dist.world, s, train_cfg.seed))
-        idx = global_slice(batch, dist)
-        return _loss(trained, images_to_tensor(train_ds.images[idx], device), variance, net, train_cfg.perceptual), len(idx)
+            self.net = load_classifier(self.train_cfg.perceptual_net or AUX_CLASSIFIER_DIR, self.device)
+            self.net.requires_grad_(False)
+        return self.model, optimizer
 
-    records, step = fit(
-        model, optimizer, step_loss, train_cfg, ckpt_path, out / METRICS, step, resume,
-        desc="train-vqvae", unit="images", progress=progress, dist=dist, config=model_cfg.to_dict(),
-        postfix=[("loss", "loss", ".3f"), ("mse", "mse", ".4f"), ("ppl", "perplexity", ".0f")]
-        + ([("top_ppl", "top_perplexity", ".0f")] if model_cfg.levels == 2 else []) + [("img_s", "images_per_s", ".0f")],
-    )
+    def start(self, resume: bool) -> tuple[StepLoss, None]:
+        tcfg, dist, images = self.train_cfg, self.dist, self.train_ds.images
+        variance = data_variance(images)
+        # The codebook's EMA buffers are kept equal by the quantizer itself (sync), not re-broadcast.
+        trained = DistributedDataParallel(self.model, forward_sync_buffers=False) if dist.active else self.model
 
-    def finish() -> dict[str, Any]:
-        save_weights(out / VQVAE_WEIGHTS, model, metadata={"config": json.dumps(model_cfg.to_dict())})
-        summary = evaluate(model, test_ds.images, device)
-        summary["steps"] = step
-        atomic_write_text(out / VQVAE_EVAL, json.dumps(summary, indent=2))
+        def step_loss(s: int) -> tuple[dict[str, Tensor], int]:
+            idx = global_slice(np.sort(batch_indices(len(images), tcfg.batch_size * dist.world, s, tcfg.seed)), dist)
+            return _loss(trained, images_to_tensor(images[idx], self.device), variance, self.net, tcfg.perceptual), len(idx)
+
+        return step_loss, None
+
+    @property
+    def postfix(self) -> list[tuple[str, str, str]]:
+        top = [("top_ppl", "top_perplexity", ".0f")] if self.cfg.levels == 2 else []
+        return [("loss", "loss", ".3f"), ("mse", "mse", ".4f"), ("ppl", "perplexity", ".0f"), *top, ("img_s", "images_per_s", ".0f")]
+
+    @property
+    def curves(self) -> dict[str, str]:
+        top = {"top_perplexity": "top codes' perplexity"} if self.cfg.levels == 2 else {}
+        return {"loss": "loss (MSE/var + commitment)", "mse": "reconstruction MSE", "perplexity": "code perplexity"} | top
+
+    def summarise(self, step: int) -> dict[str, Any]:
+        return {**evaluate(self.model, self.test_ds.images, self.device), "steps": step}
+
+    def pictures(self) -> None:
         # 32 test images spread over the split (image folders list it class by class).
-        spread = np.linspace(0, len(test_ds) - 1, min(32, len(test_ds))).astype(np.int64)
-        save_reconstructions(model, test_ds.images[spread], out / RECONSTRUCTIONS)
-        if records:
-            save_loss_curves(
-                records,
-                out / LOSS_CURVES,
-                {"loss": "loss (MSE/var + commitment)", "mse": "reconstruction MSE", "perplexity": "code perplexity"}
-                | ({"top_perplexity": "top codes' perplexity"} if model_cfg.levels == 2 else {}),
-            )
-        return summary
-
-    return dist.on_main(finish)
+        spread = np.linspace(0, len(self.test_ds) - 1, min(32, len(self.test_ds))).astype(np.int64)
+        save_reconstructions(self.model, self.test_ds.images[spread], self.files.folder / RECONSTRUCTIONS)
