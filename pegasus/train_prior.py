@@ -35,8 +35,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pegasus._distributed import Dist, distributed
-from pegasus.checkpoint import atomic_write_text, load_checkpoint, load_tensors, read_checkpoint, save_weights, stamp
-from pegasus.images import save_loss_curves
+from pegasus.checkpoint import load_tensors, save_weights
 from pegasus.models.pixelcnn import GatedPixelCNN, PixelCNNConfig
 from pegasus.rundir import (
     CLASS_LATENTS,
@@ -54,7 +53,7 @@ from pegasus.rundir import (
     read_latents,
     vqvae_config,
 )
-from pegasus.training import TrainConfig, TrainingError, batch_indices, fit, global_slice, run_settings
+from pegasus.training import RunFiles, StepLoss, TrainConfig, Trainer, TrainingError, Validate, batch_indices, global_slice, train
 
 
 @dataclass
@@ -168,7 +167,7 @@ def train_prior(
     """
     files = prior_dir(run_dir, level)  # checks the level
     with distributed(device) as dist:
-        return _train_prior(Path(run_dir), files, prior_cfg, train_cfg, dist, resume, progress, level)
+        return train(_PriorTrainer(Path(run_dir), files, prior_cfg, train_cfg, dist, level), resume, progress)
 
 
 def _at_level(path: Path, tensors: dict[str, Tensor], level: str) -> dict[str, Tensor]:
@@ -181,108 +180,113 @@ def _at_level(path: Path, tensors: dict[str, Tensor], level: str) -> dict[str, T
     return {**{k: v for k, v in tensors.items() if k != "top"}, "indices": tensors["top"]}
 
 
-def _train_prior(
-    out: Path,
-    files: Path,
-    prior_cfg: PixelCNNConfig | dict[str, Any] | None,
-    train_cfg: PriorTrainConfig | dict[str, Any] | None,
-    dist: Dist,
-    resume: bool,
-    progress: bool,
-    level: str,
-) -> dict[str, Any]:
-    device = dist.device
-    latents, codes, mode = dist.on_main(lambda: (read_latents(out), vqvae_config(out).codes, latents_meta(out).get("mode", "linear")))
-    latents = _at_level(out / LATENTS, latents, level)
-    grid = list(latents["indices"].shape[-2:])
-    if dist.main:
-        files.mkdir(exist_ok=True)
+class _PriorTrainer(Trainer):
+    """The prior's hooks for `pegasus.training.train`, for the prior of `level` whose files are in
+    `files` (RUN_DIR or RUN_DIR/top)."""
 
-    model_over = prior_cfg.to_dict() if isinstance(prior_cfg, PixelCNNConfig) else dict(prior_cfg or {})
-    train_over = dict(train_cfg.__dict__) if isinstance(train_cfg, PriorTrainConfig) else dict(train_cfg or {})
-    model_fields, train_fields = dist.on_main(
-        lambda: run_settings(files, PRIOR_CONFIG, PRIOR_CHECKPOINT, "prior", model_over, train_over, resume, dist.world, device)
-    )
-    # A bottom prior of a two-level run reads the top grids; their codebook has the same size.
-    cfg = PixelCNNConfig(**{**model_fields, "codes": codes, "grid": grid, "top_codes": codes if "top" in latents else 0})
-    tcfg = PriorTrainConfig(**train_fields)
-    data = split_latents(latents, tcfg.held_out, tcfg.seed)
-    info = {"pairs": int(latents["indices"].shape[0]), "alphas": [round(a, 6) for a in latents["alphas"].tolist()],
-            "train_grids": len(data.train), "heldout_grids": len(data.held), "mode": mode, "level": level}
-    classes = None
-    if tcfg.pretrain_steps:
-        classes = _at_level(out / CLASS_LATENTS, dist.on_main(lambda: read_class_latents(out)), level)
-        if tuple(classes["indices"].shape[-2:]) != tuple(grid):
-            raise TrainingError(f"{out / CLASS_LATENTS}: grids of {list(classes['indices'].shape[-2:])}, the latents' are {grid}")
-        info["class_grids"] = int(classes["indices"].shape[0])
-    config = stamp({"prior": cfg.to_dict(), "train": tcfg.__dict__, "latents": info, "world_size": dist.world})
-    dist.on_main(lambda: atomic_write_text(files / PRIOR_CONFIG, json.dumps(config, indent=2)))
+    desc, unit, model_key = "train-prior", "grids", "prior"
+    postfix = [("nats", "loss", ".3f"), ("bits", "bits", ".2f"), ("grids_s", "grids_per_s", ".0f")]
+    curves = {"loss": "train cross-entropy (nats / position)", "heldout_bits": "held-out bits / position"}
 
-    torch.manual_seed(tcfg.seed)
-    prior = GatedPixelCNN(cfg).to(device)
-    optimizer = torch.optim.Adam(prior.parameters(), lr=tcfg.lr)
-    step = 0
-    if resume:  # rank 0 reads the file; every rank loads the same bytes
-        used, blob = dist.on_main(lambda: read_checkpoint(files / PRIOR_CHECKPOINT))
-        step, _ = load_checkpoint(used, prior, optimizer, map_location=device, data=blob, config=cfg.to_dict())
-    # static_graph: the last layer's `out` conv feeds nothing (only its skip does); its grads stay
-    # None on every rank, as in one process, and DDP checks for that once instead of every step.
-    trained = DistributedDataParallel(prior, static_graph=True) if dist.active else prior
+    def __init__(
+        self,
+        run_dir: Path,
+        files: Path,
+        prior_cfg: PixelCNNConfig | dict[str, Any] | None,
+        train_cfg: PriorTrainConfig | dict[str, Any] | None,
+        dist: Dist,
+        level: str,
+    ) -> None:
+        self.run_dir, self.asked, self.level = run_dir, (prior_cfg, train_cfg), level
+        self.dist, self.device = dist, dist.device
+        self.files = RunFiles(files, PRIOR_CONFIG, PRIOR_CHECKPOINT, PRIOR_METRICS, PRIOR_WEIGHTS, PRIOR_EVAL, PRIOR_CURVES)
+        self.best_path = files / PRIOR_BEST
 
-    def step_loss(s: int) -> tuple[dict[str, Tensor], int]:
-        if s < tcfg.pretrain_steps:
-            grids, alphas, tops = classes["indices"], classes["alphas"], classes.get("top")
-        else:
-            grids, alphas, tops = data.train, data.train_alpha, data.train_top
-        batch = batch_indices(len(grids), tcfg.batch_size * dist.world, s, tcfg.seed)
-        idx = torch.from_numpy(global_slice(batch, dist))
-        top = None if tops is None else tops[idx].to(device)
-        loss = _cross_entropy(prior, grids[idx].to(device), alphas[idx].to(device), trained, top)
-        return {"loss": loss, "bits": loss.detach() / math.log(2)}, len(idx)
+    def requested(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        out = self.run_dir
+        latents, self.codes, self.mode = self.dist.on_main(
+            lambda: (read_latents(out), vqvae_config(out).codes, latents_meta(out).get("mode", "linear"))
+        )
+        self.latents = _at_level(out / LATENTS, latents, self.level)
+        if self.dist.main:
+            self.files.folder.mkdir(exist_ok=True)
+        prior_cfg, train_cfg = self.asked
+        model_over = prior_cfg.to_dict() if isinstance(prior_cfg, PixelCNNConfig) else dict(prior_cfg or {})
+        train_over = dict(train_cfg.__dict__) if isinstance(train_cfg, PriorTrainConfig) else dict(train_cfg or {})
+        return model_over, train_over
 
-    # Held-out NLL at each checkpoint on (up to) 2048 held-out grids spread over the split; from the
-    # end of pre-training on, the best weights so far are kept in prior_best.safetensors.
-    check = torch.from_numpy(np.unique(np.linspace(0, len(data.held) - 1, min(2048, len(data.held))).round().astype(np.int64)))
-    best_path = files / PRIOR_BEST
-    if not resume and dist.main:
-        best_path.unlink(missing_ok=True)  # left by a run that did not get to write a checkpoint
+    def configure(self, model_fields: dict[str, Any], train_fields: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+        latents, grid = self.latents, list(self.latents["indices"].shape[-2:])
+        # A bottom prior of a two-level run reads the top grids; their codebook has the same size.
+        self.cfg = PixelCNNConfig(**{**model_fields, "codes": self.codes, "grid": grid, "top_codes": self.codes if "top" in latents else 0})
+        self.train_cfg = tcfg = PriorTrainConfig(**train_fields)
+        self.data = split_latents(latents, tcfg.held_out, tcfg.seed)
+        self.info = {"pairs": int(latents["indices"].shape[0]), "alphas": [round(a, 6) for a in latents["alphas"].tolist()],
+                     "train_grids": len(self.data.train), "heldout_grids": len(self.data.held), "mode": self.mode, "level": self.level}
+        self.classes = None
+        if tcfg.pretrain_steps:
+            path = self.run_dir / CLASS_LATENTS
+            self.classes = classes = _at_level(path, self.dist.on_main(lambda: read_class_latents(self.run_dir)), self.level)
+            if tuple(classes["indices"].shape[-2:]) != tuple(grid):
+                raise TrainingError(f"{path}: grids of {list(classes['indices'].shape[-2:])}, the latents' are {grid}")
+            self.info["class_grids"] = int(classes["indices"].shape[0])
+        return tcfg, {"prior": self.cfg.to_dict(), "train": tcfg.__dict__, "latents": self.info, "world_size": self.dist.world}
 
-    def validate(s: int) -> dict[str, float]:
-        top = None if data.held_top is None else data.held_top[check]
-        bits = evaluate_prior(prior, data.held[check], data.held_alpha[check], top=top)["bits_per_position"]
-        if dist.main and s >= tcfg.pretrain_steps and bits < _best_bits(best_path):
-            save_weights(best_path, prior, metadata={"config": json.dumps(cfg.to_dict()), "heldout_bits": repr(bits), "step": str(s)})
-        return {"heldout_bits": bits}
+    def build(self, resume: bool) -> tuple[nn.Module, torch.optim.Optimizer]:
+        self.prior = GatedPixelCNN(self.cfg).to(self.device)
+        return self.prior, torch.optim.Adam(self.prior.parameters(), lr=self.train_cfg.lr)
 
-    records, step = fit(
-        prior, optimizer, step_loss, tcfg, files / PRIOR_CHECKPOINT, files / PRIOR_METRICS, step, resume,
-        desc="train-prior", unit="grids", progress=progress, dist=dist, config=cfg.to_dict(),
-        postfix=[("nats", "loss", ".3f"), ("bits", "bits", ".2f"), ("grids_s", "grids_per_s", ".0f")], validate=validate,
-    )
+    def start(self, resume: bool) -> tuple[StepLoss, Validate]:
+        prior, tcfg, dist, data, classes = self.prior, self.train_cfg, self.dist, self.data, self.classes
+        # static_graph: the last layer's `out` conv feeds nothing (only its skip does); its grads stay
+        # None on every rank, as in one process, and DDP checks for that once instead of every step.
+        trained = DistributedDataParallel(prior, static_graph=True) if dist.active else prior
 
-    def finish() -> dict[str, Any]:
-        best_step = step
-        if best_path.is_file():
-            tensors, meta = load_tensors(best_path)
-            prior.load_state_dict(tensors)
-            best_step = int(meta["step"])
-        save_weights(files / PRIOR_WEIGHTS, prior, metadata={"config": json.dumps(cfg.to_dict())})
-        held = evaluate_prior(prior, data.held, data.held_alpha, top=data.held_top)
-        train = evaluate_prior(prior, data.train, data.train_alpha, top=data.train_top)
-        summary = {
+        def step_loss(s: int) -> tuple[dict[str, Tensor], int]:
+            if s < tcfg.pretrain_steps:
+                grids, alphas, tops = classes["indices"], classes["alphas"], classes.get("top")
+            else:
+                grids, alphas, tops = data.train, data.train_alpha, data.train_top
+            batch = batch_indices(len(grids), tcfg.batch_size * dist.world, s, tcfg.seed)
+            idx = torch.from_numpy(global_slice(batch, dist))
+            top = None if tops is None else tops[idx].to(self.device)
+            loss = _cross_entropy(prior, grids[idx].to(self.device), alphas[idx].to(self.device), trained, top)
+            return {"loss": loss, "bits": loss.detach() / math.log(2)}, len(idx)
+
+        # Held-out NLL at each checkpoint on (up to) 2048 held-out grids spread over the split; from the
+        # end of pre-training on, the best weights so far are kept in prior_best.safetensors.
+        check = torch.from_numpy(np.unique(np.linspace(0, len(data.held) - 1, min(2048, len(data.held))).round().astype(np.int64)))
+        if not resume and dist.main:
+            self.best_path.unlink(missing_ok=True)  # left by a run that did not get to write a checkpoint
+
+        def validate(s: int) -> dict[str, float]:
+            top = None if data.held_top is None else data.held_top[check]
+            bits = evaluate_prior(prior, data.held[check], data.held_alpha[check], top=top)["bits_per_position"]
+            if dist.main and s >= tcfg.pretrain_steps and bits < _best_bits(self.best_path):
+                meta = {"config": json.dumps(self.cfg.to_dict()), "heldout_bits": repr(bits), "step": str(s)}
+                save_weights(self.best_path, prior, metadata=meta)
+            return {"heldout_bits": bits}
+
+        return step_loss, validate
+
+    def final_weights(self, step: int) -> None:
+        self.best_step = step
+        if self.best_path.is_file():
+            tensors, meta = load_tensors(self.best_path)
+            self.prior.load_state_dict(tensors)
+            self.best_step = int(meta["step"])
+
+    def summarise(self, step: int) -> dict[str, Any]:
+        data = self.data
+        held = evaluate_prior(self.prior, data.held, data.held_alpha, top=data.held_top)
+        seen = evaluate_prior(self.prior, data.train, data.train_alpha, top=data.train_top)
+        return {
             "heldout_nll_nats": held["nll_nats"],
             "heldout_bits_per_position": held["bits_per_position"],
-            "train_nll_nats": train["nll_nats"],
-            "train_bits_per_position": train["bits_per_position"],
-            "uniform_bits_per_position": math.log2(codes),
-            **info,
+            "train_nll_nats": seen["nll_nats"],
+            "train_bits_per_position": seen["bits_per_position"],
+            "uniform_bits_per_position": math.log2(self.codes),
+            **self.info,
             "steps": step,
-            "best_step": best_step,
+            "best_step": self.best_step,
         }
-        atomic_write_text(files / PRIOR_EVAL, json.dumps(summary, indent=2))
-        if records:
-            curves = {"loss": "train cross-entropy (nats / position)", "heldout_bits": "held-out bits / position"}
-            save_loss_curves(records, files / PRIOR_CURVES, curves)
-        return summary
-
-    return dist.on_main(finish)
