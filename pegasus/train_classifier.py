@@ -11,7 +11,6 @@ Resumable like the other stages: the lr, the batches and the augmentation are fu
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -23,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pegasus.checkpoint import atomic_write_text, load_checkpoint, read_checkpoint, save_weights, stamp
 from pegasus.data import load_dataset
-from pegasus.images import images_to_tensor, save_loss_curves
+from pegasus.images import images_to_tensor
 from pegasus.models.classifier import Classifier, ClassifierConfig, accuracy, predict
 from pegasus.rundir import (
     CLASSIFIER_CHECKPOINT,
@@ -35,7 +33,7 @@ from pegasus.rundir import (
     CLASSIFIER_METRICS,
     CLASSIFIER_WEIGHTS,
 )
-from pegasus.training import TrainConfig, TrainingError, batch_indices, fit, run_settings
+from pegasus.training import RunFiles, StepLoss, TrainConfig, Trainer, TrainingError, batch_indices, train
 
 __all__ = ["ClassifierTrainConfig", "accuracy", "train_classifier"]
 
@@ -89,74 +87,94 @@ def train_classifier(
     """Train a classifier on the train split of `data` and test it on its test split; writes the
     files of the module docstring to `out` and returns the evaluation (classifier_eval.json).
     epochs: sets train_cfg's steps (epochs * images / batch_size, rounded up)."""
-    out, device = Path(out), torch.device(device)
-    train_ds = load_dataset(data, "train", cache_dir=cache_dir)
-    test_ds = load_dataset(data, "test", cache_dir=cache_dir)
-    train_over = dict(train_cfg.__dict__) if isinstance(train_cfg, ClassifierTrainConfig) else dict(train_cfg or {})
-    if epochs is not None:
-        if not epochs > 0:
-            raise ValueError(f"epochs should be > 0, got {epochs}")
-        batch = train_over.get("batch_size", ClassifierTrainConfig.batch_size)
-        train_over["steps"] = math.ceil(epochs * len(train_ds) / batch)
-    model_over = {"classes": list(train_ds.classes), "image_size": list(train_ds.image_size)}
-    if widths is not None:
-        model_over["widths"] = list(widths)
-    model_fields, train_fields = run_settings(
-        out, CLASSIFIER_CONFIG, CLASSIFIER_CHECKPOINT, "classifier", model_over, train_over, resume, device=device
-    )
-    cfg, tcfg = ClassifierConfig(**model_fields), ClassifierTrainConfig(**train_fields)
-    if len(train_ds) < tcfg.batch_size:
-        raise TrainingError(f"{data}: the train split has {len(train_ds)} images, fewer than --batch-size {tcfg.batch_size}")
-    config = stamp({"classifier": cfg.to_dict(), "train": tcfg.__dict__, "data": {"path": train_ds.source, "format": train_ds.format}})
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / CLASSIFIER_CONFIG, json.dumps(config, indent=2))
+    return train(_ClassifierTrainer(data, Path(out), epochs, train_cfg, widths, torch.device(device), cache_dir), resume, progress)
 
-    torch.manual_seed(tcfg.seed)
-    model = Classifier(cfg)
-    pixels = torch.from_numpy(np.array(train_ds.images[:10000])).float().div(255)
-    model.mean.copy_(pixels.mean((0, 1, 2)).view(1, 3, 1, 1))
-    model.std.copy_(pixels.std((0, 1, 2)).view(1, 3, 1, 1))
-    model = model.to(device, memory_format=torch.channels_last)
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    rest = [p for p in model.parameters() if p.dim() <= 1]
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-        lr=tcfg.lr, momentum=0.9, nesterov=True,
-    )
-    step = 0
-    if resume:
-        used, blob = read_checkpoint(out / CLASSIFIER_CHECKPOINT)
-        step, _ = load_checkpoint(used, model, optimizer, map_location=device, data=blob, config=cfg.to_dict())
-    labels = torch.from_numpy(np.asarray(train_ds.labels))
 
-    def step_loss(s: int) -> tuple[dict[str, Tensor], int]:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(s, tcfg.steps, tcfg.lr)
-        idx = np.sort(batch_indices(len(train_ds), tcfg.batch_size, s, tcfg.seed))
-        g = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + s)
-        x = augment(images_to_tensor(train_ds.images[idx]), g).to(device).contiguous(memory_format=torch.channels_last)
-        y = labels[idx].to(device)
-        logits = model(x).float()
-        loss = F.cross_entropy(logits, y, label_smoothing=tcfg.label_smoothing)
-        return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean()}, len(idx)
+class _ClassifierTrainer(Trainer):
+    """The classifier's hooks for `pegasus.training.train`: one process, no torchrun group."""
 
-    records, step = fit(
-        model, optimizer, step_loss, tcfg, out / CLASSIFIER_CHECKPOINT, out / CLASSIFIER_METRICS, step, resume,
-        desc="train-classifier", unit="images", progress=progress, config=cfg.to_dict(),
-        postfix=[("loss", "loss", ".3f"), ("acc", "acc", ".3f"), ("img_s", "images_per_s", ".0f")],
-    )
-    save_weights(out / CLASSIFIER_WEIGHTS, model, metadata={"config": json.dumps(cfg.to_dict())})
-    probs = predict(model, test_ds.images)
-    test_labels = torch.from_numpy(np.asarray(test_ds.labels))
-    hit = probs.argmax(1) == test_labels
-    summary = {
-        "test_accuracy": float(hit.float().mean()),
-        "per_class": {c: float(hit[test_labels == k].float().mean()) for k, c in enumerate(cfg.classes) if (test_labels == k).any()},
-        "test_images": len(test_ds),
-        "steps": step,
-        "epochs": round(step * tcfg.batch_size / len(train_ds), 3),
-    }
-    atomic_write_text(out / CLASSIFIER_EVAL, json.dumps(summary, indent=2))
-    if records:
-        save_loss_curves(records, out / CLASSIFIER_CURVES, {"loss": "cross-entropy (label smoothing)", "acc": "training accuracy"})
-    return summary
+    desc, unit, model_key = "train-classifier", "images", "classifier"
+    dist = None
+    postfix = [("loss", "loss", ".3f"), ("acc", "acc", ".3f"), ("img_s", "images_per_s", ".0f")]
+    curves = {"loss": "cross-entropy (label smoothing)", "acc": "training accuracy"}
+
+    def __init__(
+        self,
+        data: str | os.PathLike,
+        out: Path,
+        epochs: float | None,
+        train_cfg: ClassifierTrainConfig | dict[str, Any] | None,
+        widths: tuple[int, int, int, int] | None,
+        device: torch.device,
+        cache_dir: str | os.PathLike | None,
+    ) -> None:
+        self.data, self.epochs, self.asked, self.widths, self.device, self.cache_dir = data, epochs, train_cfg, widths, device, cache_dir
+        self.files = RunFiles(
+            out, CLASSIFIER_CONFIG, CLASSIFIER_CHECKPOINT, CLASSIFIER_METRICS, CLASSIFIER_WEIGHTS, CLASSIFIER_EVAL, CLASSIFIER_CURVES
+        )
+
+    def requested(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        self.train_ds = load_dataset(self.data, "train", cache_dir=self.cache_dir)
+        self.test_ds = load_dataset(self.data, "test", cache_dir=self.cache_dir)
+        train_over = dict(self.asked.__dict__) if isinstance(self.asked, ClassifierTrainConfig) else dict(self.asked or {})
+        if self.epochs is not None:
+            if not self.epochs > 0:
+                raise ValueError(f"epochs should be > 0, got {self.epochs}")
+            batch = train_over.get("batch_size", ClassifierTrainConfig.batch_size)
+            train_over["steps"] = math.ceil(self.epochs * len(self.train_ds) / batch)
+        model_over = {"classes": list(self.train_ds.classes), "image_size": list(self.train_ds.image_size)}
+        if self.widths is not None:
+            model_over["widths"] = list(self.widths)
+        return model_over, train_over
+
+    def configure(self, model_fields: dict[str, Any], train_fields: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+        self.cfg, self.train_cfg = ClassifierConfig(**model_fields), ClassifierTrainConfig(**train_fields)
+        tcfg = self.train_cfg
+        if len(self.train_ds) < tcfg.batch_size:
+            raise TrainingError(f"{self.data}: the train split has {len(self.train_ds)} images, fewer than --batch-size {tcfg.batch_size}")
+        data = {"path": self.train_ds.source, "format": self.train_ds.format}
+        return tcfg, {"classifier": self.cfg.to_dict(), "train": tcfg.__dict__, "data": data}
+
+    def build(self, resume: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        model = Classifier(self.cfg)
+        pixels = torch.from_numpy(np.array(self.train_ds.images[:10000])).float().div(255)
+        model.mean.copy_(pixels.mean((0, 1, 2)).view(1, 3, 1, 1))
+        model.std.copy_(pixels.std((0, 1, 2)).view(1, 3, 1, 1))
+        self.model = model.to(self.device, memory_format=torch.channels_last)
+        decay = [p for p in self.model.parameters() if p.dim() > 1]
+        rest = [p for p in self.model.parameters() if p.dim() <= 1]
+        self.optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": self.train_cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+            lr=self.train_cfg.lr, momentum=0.9, nesterov=True,
+        )
+        return self.model, self.optimizer
+
+    def start(self, resume: bool) -> tuple[StepLoss, None]:
+        model, optimizer, tcfg, images = self.model, self.optimizer, self.train_cfg, self.train_ds.images
+        labels = torch.from_numpy(np.asarray(self.train_ds.labels))
+
+        def step_loss(s: int) -> tuple[dict[str, Tensor], int]:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(s, tcfg.steps, tcfg.lr)
+            idx = np.sort(batch_indices(len(images), tcfg.batch_size, s, tcfg.seed))
+            g = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + s)
+            x = augment(images_to_tensor(images[idx]), g).to(self.device).contiguous(memory_format=torch.channels_last)
+            y = labels[idx].to(self.device)
+            logits = model(x).float()
+            loss = F.cross_entropy(logits, y, label_smoothing=tcfg.label_smoothing)
+            return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean()}, len(idx)
+
+        return step_loss, None
+
+    def summarise(self, step: int) -> dict[str, Any]:
+        probs = predict(self.model, self.test_ds.images)
+        test_labels = torch.from_numpy(np.asarray(self.test_ds.labels))
+        hit = probs.argmax(1) == test_labels
+        classes = enumerate(self.cfg.classes)
+        return {
+            "test_accuracy": float(hit.float().mean()),
+            "per_class": {c: float(hit[test_labels == k].float().mean()) for k, c in classes if (test_labels == k).any()},
+            "test_images": len(self.test_ds),
+            "steps": step,
+            "epochs": round(step * self.train_cfg.batch_size / len(self.train_ds), 3),
+        }
