@@ -425,12 +425,12 @@ def test_every_file_reading_command_is_covered():
 
 def test_unexpected_errors_are_one_line_too(monkeypatch, tmp_path):
     """An exception no check anticipated still prints one line, with its type and --debug."""
-    import pegasus.cli
+    import pegasus.commands.data
 
     def boom(args):
         raise KeyError("line one\nline two")
 
-    monkeypatch.setattr(pegasus.cli, "_cmd_data", boom)
+    monkeypatch.setattr(pegasus.commands.data, "run", boom)
     status, stderr = run_cli(["data", tmp_path])
     assert status == 1
     assert stderr.splitlines() == ["pegasus: error: KeyError: 'line one\\nline two' (unexpected; run with --debug for the traceback)"]
