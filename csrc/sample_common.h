@@ -73,6 +73,35 @@ inline PackedPrior check_weights(at::TensorList weights) {
   return p;
 }
 
+// The sizes of weights the caller already checked: check_weights without the checks.
+inline PackedPrior packed_sizes(at::TensorList weights) {
+  PackedPrior p{};
+  p.layers = (static_cast<int64_t>(weights.size()) - 1 - packed::kHeadTensors) / packed::kLayerTensors;
+  p.codes = weights[packed::kEmbedding].size(0);
+  p.channels = weights[packed::kEmbedding].size(1);
+  p.half = weights[packed::layer_index(0, packed::kWh)].size(0) / p.channels;
+  p.kernel = 2 * p.half + 1;
+  return p;
+}
+
+// True on this thread while pegasus::sample_loop runs its steps. The loop checked its weights, noise
+// and conditioning once, at its entry, and allocated the states itself, so the C++ step kernels it
+// calls skip their own checks: check_weights walks all 1 + 7L + 4 packed tensors, and a sample
+// makes H*W + H step calls. A step op called on its own checks everything.
+inline bool& in_checked_loop() {
+  static thread_local bool flag = false;
+  return flag;
+}
+
+// Marks the steps run in its scope as the checked loop's (in_checked_loop), until it ends or throws.
+class CheckedLoop {
+ public:
+  CheckedLoop() { in_checked_loop() = true; }
+  ~CheckedLoop() { in_checked_loop() = false; }
+  CheckedLoop(const CheckedLoop&) = delete;
+  CheckedLoop& operator=(const CheckedLoop&) = delete;
+};
+
 inline void check_state(const char* name, const at::Tensor& t, const at::Tensor& like, at::IntArrayRef want) {
   TORCH_CHECK(t.sizes() == want, "sampling: ", name, " should be ", want, ", got ", t.sizes());
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), "sampling: ", name, " is ", t.scalar_type(),

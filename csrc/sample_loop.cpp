@@ -66,6 +66,7 @@ std::tuple<at::Tensor, at::Tensor> sample_loop(at::TensorList weights, const at:
 
   std::optional<pybind11::gil_scoped_release> no_gil;
   if (Py_IsInitialized() && PyGILState_Check()) no_gil.emplace();
+  const CheckedLoop checked;  // checked above, once: the C++ steps skip their checks (sample_common.h)
   for (int64_t i = 0; i < height; ++i) {
     check_interrupt();
     row_op.call(v_state, v2h_row, weights, cond, i, cond_map);

@@ -31,8 +31,10 @@ latency of the layers' chain of dependent chunks, not arithmetic), a row (8 laun
 and a whole 32x32 sample of B=16 0.24 s against 1.5 s for the reference steps (pegasus.reference).
 
 Importing this module registers the launchers as the CUDA kernels of both ops (the schemas are in
-csrc/ops.cpp; their fakes in pegasus/ops.py). On CPU tensors they run only under TRITON_INTERPRET=1,
-called directly by pegasus.ops (the dispatcher gives CPU tensors to the C++ kernels).
+csrc/ops.cpp; their input rules and fakes in pegasus/ops.py, which checks the inputs once, as the
+C++ loop does before its first step: the launchers check nothing per step but the kernels' own
+limit on C). On CPU tensors they run only under TRITON_INTERPRET=1, called directly by pegasus.ops
+(the dispatcher gives CPU tensors to the C++ kernels).
 """
 from __future__ import annotations
 
@@ -43,7 +45,6 @@ import triton.language as tl
 from torch import Tensor
 
 from pegasus import _extension, packed_prior, reference
-from pegasus.backends import triton_interpreting
 
 __all__ = ["sample_position", "sample_row"]
 
@@ -59,7 +60,6 @@ _KC = 16
 _NUM_STAGES = 3
 _NUM_WARPS = 4
 _MAX_BLOCK_C = 128  # C is held whole (padded to a power of two) in the [rows, C] register tiles
-_DTYPES = (torch.float32, torch.float64)
 _DOT = "ieee"
 # Positions in the packed prior (pegasus/packed_prior.py): tensor t of layer l is at t's layer-0
 # position + _PER_LAYER * l; the head's at its position for 0 layers + _PER_LAYER * L.
@@ -315,58 +315,13 @@ def _sample_position_kernel(
         tl.store(v, emb, mask=bc_mask)
 
 
-def _fail(op: str, what: str, expected: str, got: object) -> None:
-    raise ValueError(f"{op}: {what} should be {expected}, got {got}")
-
-
-def _check_tensor(op: str, name: str, t: Tensor, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
-    if tuple(t.shape) != shape:
-        _fail(op, name, f"of shape {shape}", tuple(t.shape))
-    if t.dtype != dtype:
-        _fail(op, name, f"{dtype} like v_state", t.dtype)
-    if t.device != device:
-        _fail(op, name, f"on {device} like v_state", t.device)
-    if not t.is_contiguous():
-        _fail(op, name, "contiguous", f"strides {t.stride()}")
-
-
-def _check_common(op: str, v_state: Tensor, weights: list[Tensor]) -> tuple[int, int, int, int, int, int]:
-    """Validate v_state and weights; returns (L, B, h, W, C, K)."""
-    if v_state.dim() != 5:
-        _fail(op, "v_state", "5-D [L, B, h+1, W+2h, C]", f"shape {tuple(v_state.shape)}")
-    if v_state.dtype not in _DTYPES:
-        _fail(op, "v_state", "float32 or float64", v_state.dtype)
-    dev = v_state.device
-    if dev.type != "cuda" and not triton_interpreting():
-        raise RuntimeError(f"{op}: the Triton kernel runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1; got tensors on {dev}")
+def _sizes(v_state: Tensor, weights: list[Tensor]) -> tuple[int, int, int, int, int, int]:
+    """(L, B, h, W, C, K) of checked inputs (pegasus.ops checks them once, before the loop), and
+    the kernels' own limit on C."""
     layers, batch, ring, padded, c = v_state.shape
-    h = ring - 1
-    width = padded - 2 * h
-    if layers < 1 or h < 1 or width < 1 or c < 1:
-        _fail(op, "v_state", "[L >= 1, B, h+1 >= 2, W+2h with W >= 1, C >= 1]", f"shape {tuple(v_state.shape)}")
     if triton.next_power_of_2(c) > _MAX_BLOCK_C:
-        _fail(op, "the channel count C", f"at most {_MAX_BLOCK_C} (the kernel's limit)", c)
-    if not v_state.is_contiguous():
-        _fail(op, "v_state", "contiguous", f"strides {v_state.stride()}")
-    if len(weights) != packed_prior.count(layers):
-        _fail(op, "weights", f"1 + 7 * L + 4 = {packed_prior.count(layers)} tensors for L={layers}", len(weights))
-    codes = weights[0].shape[0] if weights[0].dim() == 2 else -1
-    if codes < 1:
-        _fail(op, "weights[0] (embedding)", "[K >= 1, C]", tuple(weights[0].shape))
-    expected = packed_prior.shapes(layers, 2 * h + 1, c, codes)
-    dtype = v_state.dtype
-    # One pass without messages first: the C++ loop calls this H*W times per sample.
-    if not all(w.shape == s and w.dtype == dtype and w.device == dev and w.is_contiguous() for w, s in zip(weights, expected)):
-        for i, (w, shape) in enumerate(zip(weights, expected)):
-            _check_tensor(op, f"weights[{i}]", w, shape, dtype, dev)
-    return layers, batch, h, width, c, codes
-
-
-def _check_row_col(op: str, row: int, col: int, width: int) -> None:
-    if row < 0:
-        _fail(op, "row", ">= 0", row)
-    if not 0 <= col < width:
-        _fail(op, "col", f"in [0, W={width})", col)
+        raise ValueError(f"sampling (triton): the channel count C should be at most {_MAX_BLOCK_C} (the kernel's limit), got {c}")
+    return layers, batch, ring - 1, padded - 2 * (ring - 1), c, weights[0].shape[0]
 
 
 def sample_row(
@@ -376,21 +331,10 @@ def sample_row(
 
     v_state: Tensor[L, B, h+1, W+2h, C], v2h_row: Tensor[L, B, W, 2C], cond: Tensor[L, B, 2C],
     cond_map: None or Tensor[L, B, H, W, 2C] with H > row, all contiguous, float32 or float64 like
-    the packed weights, on CUDA (or CPU under TRITON_INTERPRET=1).
+    the packed weights, on CUDA (or CPU under TRITON_INTERPRET=1); checked by the caller.
     """
-    op = "sample_row (triton)"
-    layers, batch, h, width, c, _ = _check_common(op, v_state, weights)
-    _check_tensor(op, "v2h_row", v2h_row, (layers, batch, width, 2 * c), v_state.dtype, v_state.device)
-    _check_tensor(op, "cond", cond, (layers, batch, 2 * c), v_state.dtype, v_state.device)
-    _check_row_col(op, row, 0, width)
-    map_rows = 0
-    if cond_map is not None:
-        map_rows = cond_map.shape[2] if cond_map.dim() == 5 else 0
-        if map_rows <= row:
-            _fail(op, "cond_map", f"[L, B, H, W, 2C] with H > row {row}", tuple(cond_map.shape))
-        _check_tensor(op, "cond_map", cond_map, (layers, batch, map_rows, width, 2 * c), v_state.dtype, v_state.device)
-    if batch == 0:
-        return
+    layers, batch, h, width, c, _ = _sizes(v_state, weights)
+    map_rows = 0 if cond_map is None else cond_map.shape[2]
     grid = (triton.cdiv(batch * width, _BLOCK_M),)
     block_c = max(16, triton.next_power_of_2(c))
     for l in range(layers):
@@ -416,24 +360,13 @@ def sample_position(
     """Launch `_sample_position_kernel` once: `pegasus.reference.sample_position`, in place.
 
     v_state: Tensor[L, B, h+1, W+2h, C], x_state: Tensor[L, B, W+h, C], v2h_row: Tensor[L, B, W, 2C]
-    (contiguous, the weights' dtype), noise: Tensor[B, K] float32 or float64 (any strides)
-    -> (codes Tensor[B] int64, logits Tensor[B, K] of x_state's dtype).
+    (contiguous, the weights' dtype), noise: Tensor[B, K] of the weights' dtype (any strides);
+    checked by the caller -> (codes Tensor[B] int64, logits Tensor[B, K] of x_state's dtype).
     """
-    op = "sample_position (triton)"
-    layers, batch, h, width, c, codes_n = _check_common(op, v_state, weights)
+    layers, batch, h, width, c, codes_n = _sizes(v_state, weights)
     dtype, dev = v_state.dtype, v_state.device
-    _check_tensor(op, "x_state", x_state, (layers, batch, width + h, c), dtype, dev)
-    _check_tensor(op, "v2h_row", v2h_row, (layers, batch, width, 2 * c), dtype, dev)
-    if noise.dtype not in _DTYPES:
-        _fail(op, "noise", "float32 or float64", noise.dtype)
-    if tuple(noise.shape) != (batch, codes_n) or noise.device != dev:
-        _fail(op, "noise", f"[B={batch}, K={codes_n}] on {dev}", f"{tuple(noise.shape)} on {noise.device}")
-    _check_row_col(op, row, col, width)
-
     codes = torch.empty(batch, dtype=torch.int64, device=dev)
     logits = torch.empty(batch, codes_n, dtype=dtype, device=dev)
-    if batch == 0:
-        return codes, logits
     # top-k needs each row's k-th largest logit before any score can be ranked: that is a
     # selection over all K that the tiled running argmax cannot do in one pass. The kernel then
     # stops at the logits, and torch ops (a few launches, top_k is the rare case) do the choice

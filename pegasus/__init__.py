@@ -3,7 +3,7 @@ from pegasus import backends, ops
 from pegasus.models import VQVAE, GatedPixelCNN, PixelCNNConfig, VectorQuantizer, VQVAEConfig
 from pegasus.pretrained import pretrained
 from pegasus.run import Run, load_run
-from pegasus.sampling import sample_indices
+from pegasus.sampling import SamplingOptions, sample_indices
 
 from pegasus._version import __version__
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "GatedPixelCNN",
     "PixelCNNConfig",
     "Run",
+    "SamplingOptions",
     "VQVAE",
     "VQVAEConfig",
     "VectorQuantizer",

@@ -5,11 +5,12 @@ environment variable that picks one:
 
   family        ops                                        backends                          variable
   nearest_code  nearest_code                               reference, cpu, triton            PEGASUS_NEAREST_CODE_BACKEND
-  sampler       sample_row, sample_position, sample_loop   naive, reference, cpu, triton     PEGASUS_SAMPLER_BACKEND
+  sampler       sample_row, sample_position, sample_loop   reference, cpu, triton            PEGASUS_SAMPLER_BACKEND
 
 "reference" is always the pure-PyTorch implementation of the ops (pegasus.reference) that the
-fast kernels are tested against; "naive" is the sampler without ops, a full pass of the prior at
-every position (pegasus.sampling): the ground truth of every sampler.
+fast kernels are tested against. The naive sampler (a full pass of the prior at every position,
+the ground truth of every sampler) is a sampling *method* (pegasus.sampling.METHODS), not a
+backend: it runs no step op.
 
 Choice (`resolve`): the `backend=` argument, then the family's environment variable, then the
 default: the first backend of the family that is the default on the tensors' device type and can
@@ -20,18 +21,18 @@ unknown name raises ValueError listing the valid ones; nothing falls back silent
 (TRITON_INTERPRET=1, read through triton.knobs exactly as Triton reads it): that is how the Triton
 kernels are tested without a GPU. It is never the default for CPU tensors.
 
-The CLI's choices, the benchmarks, `pegasus info` and the variables all read this table.
+The CLI's choices, the benchmarks, `pegasus info` and the variables all read this table; the
+functions that run a resolved backend's ops are picked in pegasus.ops (`kernels`).
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 from dataclasses import dataclass
 
 import torch
 
 from pegasus import _extension
+from pegasus._triton import has_triton, triton_interpreting
 
 _FLOAT32_64 = (torch.float32, torch.float64)
 
@@ -44,7 +45,6 @@ class Backend:
     devices: device types it runs on ("triton" also on CPU tensors under the interpreter).
     default_on: device types where it is the default when it can run.
     dtypes: the tensor dtypes its kernels take (None: whatever the family's wrappers accept).
-    module: imported before first use, to register kernels (the Triton ones).
     """
 
     name: str
@@ -53,7 +53,6 @@ class Backend:
     devices: tuple[str, ...] | None = None
     default_on: tuple[str, ...] = ()
     dtypes: tuple[torch.dtype, ...] | None = None
-    module: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ NEAREST_CODE = Family(
         Backend("cpu", "C++ kernel, products fused with the argmin (csrc/cpu/nearest_code.cpp)", needs=("cpp",), devices=("cpu",), default_on=("cpu",)),
         Backend(
             "triton", "Triton kernel (pegasus.kernels.nearest_code)", needs=("cpp", "triton"), devices=("cuda",),
-            default_on=("cuda",), module="pegasus.kernels.nearest_code",
+            default_on=("cuda",),
         ),
     ),
 )
@@ -89,7 +88,6 @@ SAMPLER = Family(
     ops=("sample_row", "sample_position", "sample_loop"),
     env="PEGASUS_SAMPLER_BACKEND",
     backends=(
-        Backend("naive", "pure PyTorch, a full pass of the prior per position (pegasus.sampling): the ground truth"),
         Backend("reference", "pure PyTorch cached loop over the reference step ops (pegasus.reference)"),
         Backend(
             "cpu", "C++ loop over the C++ step kernels (csrc/sample_loop.cpp, csrc/cpu/sample_step.cpp)",
@@ -97,7 +95,7 @@ SAMPLER = Family(
         ),
         Backend(
             "triton", "C++ loop over the Triton step kernels (pegasus.kernels.sample_step)", needs=("cpp", "triton"),
-            devices=("cuda",), default_on=("cuda",), dtypes=_FLOAT32_64, module="pegasus.kernels.sample_step",
+            devices=("cuda",), default_on=("cuda",), dtypes=_FLOAT32_64,
         ),
     ),
 )
@@ -109,20 +107,11 @@ RETIRED_ENV = "PEGASUS_BACKEND"
 """Read by pegasus 0.1 for every op with two meanings; now an error naming the variables above."""
 
 
-def triton_interpreting() -> bool:
-    """True when Triton kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1)."""
-    if importlib.util.find_spec("triton") is None:
-        return False
-    import triton
-
-    return bool(triton.knobs.runtime.interpret)
-
-
 def unavailable(family: str | Family, name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> str | None:
     """Why backend `name` of `family` cannot run (on tensors of `device` and `dtype`, when given), or None."""
     fam = FAMILIES[family] if isinstance(family, str) else family
     b = fam.get(name)
-    if "triton" in b.needs and importlib.util.find_spec("triton") is None:
+    if "triton" in b.needs and not has_triton():
         return "triton is not installed (pip install -e '.[triton]')"
     if "cpp" in b.needs and not _extension.has_cpp_ops():
         return f"the C++ extension pegasus._C did not load ({_extension.cpp_load_error()})"
@@ -151,7 +140,7 @@ def default(family: str | Family, device: torch.device | str, dtype: torch.dtype
 def resolve(family: str | Family, backend: str | None, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
     """The backend that runs `family`'s ops on tensors of `device` and `dtype`: `backend`, else the
     family's environment variable, else `default`. Raises ValueError for an unknown name and
-    RuntimeError for a backend that cannot run here; imports the backend's kernel module."""
+    RuntimeError for a backend that cannot run here."""
     fam = FAMILIES[family] if isinstance(family, str) else family
     if os.environ.get(RETIRED_ENV):
         raise ValueError(
@@ -168,9 +157,6 @@ def resolve(family: str | Family, backend: str | None, device: torch.device | st
         why = unavailable(fam, name, device, dtype)
         if why is not None:
             raise RuntimeError(f"{fam.name} backend {name!r} unavailable: {why}")
-    module = fam.get(name).module
-    if module is not None:
-        importlib.import_module(module)
     return name
 
 

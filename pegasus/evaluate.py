@@ -49,6 +49,7 @@ from pegasus.rundir import (
     selected_images,
 )
 from pegasus.run import Run, load_run
+from pegasus.sampling import SamplingOptions
 
 __all__ = ["EVAL_ALPHAS", "STAGES", "evaluate_run", "frechet_distance", "format_report", "white_centre"]
 
@@ -148,12 +149,12 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if n < 2:
         raise ValueError(f"n should be >= 2 (diversity needs pairs), got {n}")
+    options = SamplingOptions(temperature=temperature, top_k=top_k, seed=seed, backend=backend, batch_size=batch_size)
     if not isinstance(classifier, Classifier):
         classifier = load_classifier(WEIGHTS_DIR if classifier is None else classifier, device)
     run = load_run(run_dir, device)
-    temperature = run.temperature_for(temperature)
+    options = run.options_for(options)
     picks, mix = _picks(run_dir, cache_dir, data), _mixing(run_dir)
-    sampling = {"seed": seed, "temperature": temperature, "top_k": top_k, "backend": backend, "batch_size": batch_size}
     with tqdm(total=len(alphas) * 2 + 3, desc="evaluate", unit="part", disable=not progress, dynamic_ncols=True) as bar:
         score = _scorer(classifier, np.concatenate([picks.birds, picks.horses]), bar)
         table = {
@@ -161,13 +162,13 @@ def evaluate_run(
             "reconstruction": {"0": score(_reconstruct(run, picks.birds)), "1": score(_reconstruct(run, picks.horses))},
             "interpolation": _interpolation(run, score, picks, n, alphas, seed, mix),
         }
-        table["samples"], shown = _samples(run, score, n, alphas, sampling)
+        table["samples"], shown = _samples(run, score, n, alphas, options)
         accuracy = _test_accuracy(run, classifier, data or read_selection(run_dir)["data"], cache_dir, test_images)
         bar.update(1)
     report = {
         "run": "pretrained (pegasus/weights)" if run_dir.resolve() == WEIGHTS_DIR.resolve() else str(run_dir),
         "classifier": {"classes": classifier.cfg.classes, "widths": list(classifier.cfg.widths)},
-        "settings": {"n": n, "alphas": list(alphas), "seed": seed, "temperature": temperature, "top_k": top_k, "interpolation": mix,
+        "settings": {"n": n, "alphas": list(alphas), "seed": seed, "temperature": options.temperature, "top_k": top_k, "interpolation": mix,
                      "picks": [len(picks.birds), len(picks.horses)], "white_centre_threshold": WHITE_CENTRE},
         "test_accuracy": accuracy,
         "stages": table,
@@ -227,13 +228,13 @@ def _interpolation(
 
 
 def _samples(
-    run: Run, score: Score, n: int, alphas: tuple[float, ...], sampling: dict[str, Any]
+    run: Run, score: Score, n: int, alphas: tuple[float, ...], options: SamplingOptions
 ) -> tuple[dict[str, dict[str, float]], dict[str, Tensor]]:
-    """(the scores per alpha of n samples of `run.sample` with the keywords `sampling`, the first 16
-    of each alpha, uint8 Tensor[16, 3, H, W], for the sample sheet)."""
+    """(the scores per alpha of n samples of `run.sample`, the first 16 of each alpha, uint8
+    Tensor[16, 3, H, W], for the sample sheet)."""
     cells, shown = {}, {}
     for alpha in alphas:
-        samples = run.sample(n, alpha, **sampling)
+        samples = run.sample(n, alpha, options=options)
         cells[_key(alpha)], shown[_key(alpha)] = score(_nhwc(samples)), samples[:16]
     return cells, shown
 

@@ -1,7 +1,7 @@
 """A finished run directory as one object: its VQ-VAE, its prior(s) and its sampling defaults.
 
 >>> run = pegasus.load_run("runs/c10")
->>> images = run.sample(64, alpha=0.5, seed=0)   # uint8 [64, 3, 32, 32], at the run's temperature
+>>> images = run.sample(64, alpha=0.5, options=pegasus.SamplingOptions(seed=0))  # uint8 [64, 3, 32, 32]
 
 The layer below the stages: sampling to files (pegasus.sample), evaluation (pegasus.evaluate), the
 demo and the shipped weights (pegasus.pretrained) all start from a `Run`.
@@ -12,7 +12,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,7 +21,7 @@ from pegasus.images import to_uint8
 from pegasus.models import VQVAE, VQVAE2
 from pegasus.models.pixelcnn import GatedPixelCNN
 from pegasus.rundir import DEFAULT_TEMPERATURE, PRIOR_CONFIG, load_prior, load_vqvae, read_sampling_defaults
-from pegasus.sampling import iter_sample_indices, sample_indices
+from pegasus.sampling import SamplingOptions, iter_sample_indices, sample_indices
 
 __all__ = ["Run", "load_run"]
 
@@ -49,22 +48,24 @@ class Run:
         """The temperature a call samples at: the one it names, else the run's."""
         return self.temperature if temperature is None else temperature
 
-    def _options(self, options: dict[str, Any]) -> dict[str, Any]:
-        options["temperature"] = self.temperature_for(options.get("temperature"))
-        return options
+    def options_for(self, options: SamplingOptions | None) -> SamplingOptions:
+        """`options` (None: the defaults) with the run's temperature where they name none."""
+        options = options or SamplingOptions()
+        return options.replace(temperature=self.temperature_for(options.temperature))
 
-    def sample_indices(self, n: int, alpha: float = 0.5, **options: Any) -> Tensor:
+    def sample_indices(self, n: int, alpha: float = 0.5, *, options: SamplingOptions | None = None,
+                       noise: Tensor | None = None) -> Tensor:
         """Code grids Tensor[n, h, w] int64 from the prior of a one-level run (a two-level run's
-        grids: `sample_codes`). options: the keywords of `pegasus.sample_indices` (temperature,
-        top_k, seed, noise, backend, batch_size); temperature None or absent: the run's."""
+        grids: `sample_codes`). options: `SamplingOptions` (temperature None: the run's); noise: as
+        `pegasus.sample_indices`."""
         if self.levels != 1:
             raise ValueError(f"{self.run_dir} is a two-level run: sample_codes gives its [top, bottom] grids")
-        return sample_indices(self.prior, n, alpha, **self._options(options))
+        return sample_indices(self.prior, n, alpha, options=self.options_for(options), noise=noise)
 
-    def sample_codes(self, n: int, alpha: float = 0.5, *, top: Tensor | None = None, bottom: Tensor | None = None,
-                     **options: Any) -> list[Tensor]:
+    def sample_codes(self, n: int, alpha: float = 0.5, *, options: SamplingOptions | None = None,
+                     top: Tensor | None = None, bottom: Tensor | None = None) -> list[Tensor]:
         """The code grids of n samples, one Tensor[n, h_l, w_l] int64 per level (`VQVAE.codes`' order:
-        [grid], or [top, bottom] for a two-level run). options as `sample_indices` (no noise=).
+        [grid], or [top, bottom] for a two-level run). options as `sample_indices`.
 
         Two-level runs only: top, Tensor[n, h/2, w/2] or one grid [h/2, w/2] for all: keep these top
         grids (the coarse level: colours and layout, in the CIFAR-10 run) and sample only the bottom
@@ -72,38 +73,35 @@ class Run:
         Tensor[n, h, w] or [h, w]: keep these bottom grids and sample new top grids for them. Sample
         i's top grid comes from the seed's noise stream 0, its bottom grid from stream 1
         (`gumbel_noise`), so a kept level leaves the other level's draws as they were."""
-        return [torch.cat(level) for level in zip(*self._iter_codes(n, alpha, top, bottom, options))]
+        return [torch.cat(level) for level in zip(*self._iter_codes(n, alpha, self.options_for(options), top, bottom))]
 
-    def _iter_codes(self, n: int, alpha: float, top: Tensor | None, bottom: Tensor | None,
-                    options: dict[str, Any]) -> Iterator[list[Tensor]]:
-        """`sample_codes` one batch at a time (options["batch_size"]): every level's grids per batch.
+    def _iter_codes(self, n: int, alpha: float, options: SamplingOptions, top: Tensor | None,
+                    bottom: Tensor | None) -> Iterator[list[Tensor]]:
+        """`sample_codes` one batch at a time (options.batch_size): every level's grids per batch.
         Arguments are checked at the call, before the first batch."""
-        self._check_level_options(top, bottom, options)
-        options = self._options(options)
+        self._check_level_options(top, bottom)
         if self.levels == 1:
-            return ([grids] for grids in iter_sample_indices(self.prior, n, alpha, **options))
+            return ([grids] for grids in iter_sample_indices(self.prior, n, alpha, options=options))
         # The top grids of all n first (h/2 x w/2 codes each: small), then the bottom ones batch by batch.
         tops = self._top_grids(n, alpha, top, options)
         if bottom is not None:
             bottoms = _kept(bottom, n, self.prior.cfg.grid, "bottom").to(tops.device)
-            batch = options.get("batch_size") or n
+            batch = options.batch_size or n
             return ([tops[i : i + batch], bottoms[i : i + batch]] for i in range(0, n, batch))
-        return _with_tops(tops, iter_sample_indices(self.prior, n, alpha, top=tops, stream=1, **options))
+        return _with_tops(tops, iter_sample_indices(self.prior, n, alpha, options=options, top=tops, stream=1))
 
-    def _check_level_options(self, top: Tensor | None, bottom: Tensor | None, options: dict[str, Any]) -> None:
+    def _check_level_options(self, top: Tensor | None, bottom: Tensor | None) -> None:
         if self.levels == 1:
             if top is not None or bottom is not None:
                 raise ValueError(f"{self.run_dir} is a one-level run: top= and bottom= need a two-level run (train-vqvae --levels 2)")
             return
-        if "noise" in options:
-            raise ValueError("noise= is for one prior (pegasus.sample_indices); a two-level run draws both levels' noise from seed=")
         if top is not None and bottom is not None:
             raise ValueError("keep top= or bottom=, not both: there would be nothing left to sample")
 
-    def _top_grids(self, n: int, alpha: float, top: Tensor | None, options: dict[str, Any]) -> Tensor:
+    def _top_grids(self, n: int, alpha: float, top: Tensor | None, options: SamplingOptions) -> Tensor:
         """The n top grids of a two-level sample: the kept ones, else drawn from the top prior."""
         if top is None:
-            return sample_indices(self.top_prior, n, alpha, **options)
+            return sample_indices(self.top_prior, n, alpha, options=options)
         return _kept(top, n, self.top_prior.cfg.grid, "top").to(_device(self.top_prior))
 
     @torch.no_grad()
@@ -123,18 +121,20 @@ class Run:
         levels = [codes] if isinstance(codes, Tensor) else list(codes)
         return to_uint8(self.vqvae.decode_codes([g.to(device) for g in levels])).cpu()
 
-    def iter_samples(self, n: int, alpha: float = 0.5, **options: Any) -> Iterator[Tensor]:
-        """`sample` one batch at a time (options["batch_size"]): uint8 Tensor[b, 3, H, W] per batch,
+    def iter_samples(self, n: int, alpha: float = 0.5, *, options: SamplingOptions | None = None,
+                     top: Tensor | None = None, bottom: Tensor | None = None) -> Iterator[Tensor]:
+        """`sample` one batch at a time (options.batch_size): uint8 Tensor[b, 3, H, W] per batch,
         in order. Arguments are checked at the call, before the first batch."""
-        top, bottom = options.pop("top", None), options.pop("bottom", None)
+        codes = self._iter_codes(n, alpha, self.options_for(options), top, bottom)
         # a one-level run's grids go to decode as one Tensor, as `decode` documents them
-        return (self.decode(codes if self.levels == 2 else codes[0]) for codes in self._iter_codes(n, alpha, top, bottom, options))
+        return (self.decode(c if self.levels == 2 else c[0]) for c in codes)
 
-    def sample(self, n: int, alpha: float = 0.5, **options: Any) -> Tensor:
-        """n sampled, decoded images: uint8 Tensor[n, 3, H, W] (options as `sample_indices`, and
-        top= / bottom= of `sample_codes` for a two-level run; with batch_size, the noise and
-        decoding go batch by batch, only the images are kept whole)."""
-        return torch.cat(list(self.iter_samples(n, alpha, **options)))
+    def sample(self, n: int, alpha: float = 0.5, *, options: SamplingOptions | None = None,
+               top: Tensor | None = None, bottom: Tensor | None = None) -> Tensor:
+        """n sampled, decoded images: uint8 Tensor[n, 3, H, W]. options: `SamplingOptions`
+        (temperature None: the run's; with batch_size, the noise and decoding go batch by batch,
+        only the images are kept whole); top= / bottom= as `sample_codes`, for a two-level run."""
+        return torch.cat(list(self.iter_samples(n, alpha, options=options, top=top, bottom=bottom)))
 
     @torch.no_grad()
     def swap_levels(self, codes: list[Tensor]) -> Tensor:

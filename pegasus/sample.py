@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from pegasus.images import image_format, save_grid, whiteness
 from pegasus.run import Run, load_run
+from pegasus.sampling import SamplingOptions
 
 
 def whitest(images: Tensor, n: int) -> Tensor:
@@ -27,6 +28,9 @@ def whitest(images: Tensor, n: int) -> Tensor:
     scores = whiteness(images.permute(0, 2, 3, 1).numpy())
     return torch.from_numpy(np.argsort(-scores, kind="stable")[:n].copy())
 
+
+DEFAULT_BATCH = 256
+"""Samples drawn and decoded at a time when the options name no batch_size."""
 
 MAX_GRID = 1024
 """The most samples one image grid holds (8 per row: 128 rows); more go to a directory or an .npz."""
@@ -52,20 +56,17 @@ def sample_to_file(
     n: int = 64,
     alpha: float = 0.5,
     *,
-    temperature: float | None = None,
-    top_k: int | None = None,
-    seed: int = 0,
-    backend: str | None = None,
+    options: SamplingOptions | None = None,
     best_of: int | None = None,
-    batch_size: int | None = 256,
     progress: bool = False,
     device: str | torch.device = "cpu",
     keep_top: str | os.PathLike | None = None,
     keep_bottom: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Sample n images from RUN_DIR (or a loaded Run) and write them to `out` (see `output_kind`),
-    `batch_size` at a time: memory grows with the batch, not with n (an image grid holds at most
-    MAX_GRID). temperature None: the run's. best_of: sample that many and keep the n whitest (image grids only).
+    options.batch_size at a time (None: DEFAULT_BATCH here): memory grows with the batch, not with
+    n (an image grid holds at most MAX_GRID). options: `SamplingOptions` (temperature None: the
+    run's). best_of: sample that many and keep the n whitest (image grids only).
     keep_top / keep_bottom (two-level runs): a picture whose top grid / bottom grid every sample
     keeps, the other level being sampled (`Run.sample_codes`); it is encoded
     by the run's VQ-VAE, resized to the run's image size first if it differs. Returns what was
@@ -84,14 +85,16 @@ def sample_to_file(
     if keep_top is not None and keep_bottom is not None:
         raise ValueError("--keep-top and --keep-bottom: keep one level, the other is sampled")
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir, device)
+    options = run.options_for(options)
+    if options.batch_size is None:
+        options = options.replace(batch_size=DEFAULT_BATCH)
     kept: dict[str, Tensor] = {}
     for level, picture in (("top", keep_top), ("bottom", keep_bottom)):
         if picture is not None:
             if run.levels != 2:
                 raise ValueError(f"--keep-{level} needs a two-level run (train-vqvae --levels 2); {run.run_dir} has one level")
             kept[level] = run.encode(read_picture(picture, run.image_size)[None])[0 if level == "top" else 1][0]
-    batches = run.iter_samples(total, alpha, temperature=temperature, top_k=top_k, seed=seed, backend=backend,
-                               batch_size=batch_size, **kept)
+    batches = run.iter_samples(total, alpha, options=options, **kept)
     bar = tqdm(total=total, desc="sample", unit="img", disable=not progress, dynamic_ncols=True)
     timer = {"sampling_s": 0.0}
     batches = _timed(batches, timer, bar)
@@ -113,10 +116,10 @@ def sample_to_file(
         "samples": total,
         "kept": n,
         "grid": list(run.prior.cfg.grid),
-        "temperature": run.temperature_for(temperature),
+        "temperature": options.temperature,
         "sampling_s": timer["sampling_s"],
         "samples_per_s": total / timer["sampling_s"] if timer["sampling_s"] else None,
-        "seconds_per_step": timer["sampling_s"] / (-(-total // (batch_size or total)) * positions),
+        "seconds_per_step": timer["sampling_s"] / (-(-total // options.batch_size) * positions),
     }
     if run.levels == 2:
         summary["top_grid"] = list(run.top_prior.cfg.grid)

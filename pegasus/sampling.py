@@ -9,32 +9,96 @@ with one Gumbel noise tensor G: Tensor[B, H, W, K], from `gumbel_noise(seed, ...
 With the same G, every backend must give the same grid, which is how faster samplers are checked
 against the ground truth.
 
-Sampler backends (the table: pegasus.backends.SAMPLER):
-- "naive": ancestral sampling in raster order where each of the H*W steps runs the whole prior on
-  the whole grid and reads the logits at that position (`sample_naive`): the ground truth.
-- "reference": the cached loop in pure PyTorch (`pegasus.reference.sample_loop` over the reference
-  step ops): one position's worth of work per step; the reference of the C++ and Triton steps.
-- "cpu", "triton": the same loop owned by C++ (`pegasus::sample_loop`) over the packed prior,
-  calling the step ops `pegasus::sample_row` / `sample_position`, whose kernel the dispatcher
-  picks by device (C++ on the CPU, Triton on CUDA).
+How to sample is one typed object, `SamplingOptions`, checked when it is made; its `method` and
+its `backend` are two separate choices:
 
+Methods (METHODS):
+- "cached" (the default): the cached raster loop over the packed prior (`pegasus.ops.sample_loop`):
+  one position's worth of work per step, run by the step ops of a kernel backend.
+- "naive": ancestral sampling in raster order where each of the H*W steps runs the whole prior on
+  the whole grid and reads the logits at that position (`sample_naive`): the ground truth of every
+  backend, and the baseline of the benchmarks. It runs no step op, so it takes no backend.
+
+Kernel backends of the cached method's step ops (the table: pegasus.backends.SAMPLER):
+- "reference": the loop in pure PyTorch (`pegasus.reference.sample_loop` over the reference steps),
+  the reference of the C++ and Triton steps.
+- "cpu", "triton": the same loop owned by C++ (`pegasus::sample_loop`), calling the step ops
+  `pegasus::sample_row` / `sample_position`, whose kernel the dispatcher picks by device (C++ on
+  the CPU, Triton on CUDA).
 The default is the fastest that can run: "triton" for a prior on CUDA, "cpu" on the CPU when the
-extension loaded, else "reference". PEGASUS_SAMPLER_BACKEND comes before the default.
+extension loaded, else "reference". PEGASUS_SAMPLER_BACKEND comes before the default. The name is
+resolved once per call, to the functions that run it (`pegasus.ops.sampler_kernels`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pegasus import backends, ops, reference
+from pegasus import ops, reference
 from pegasus.machine import guarded_threads
 from pegasus.models.pixelcnn import GatedPixelCNN
+
+METHODS = ("cached", "naive")
+"""The sampling methods: the cached loop over a kernel backend's step ops, or a full pass per position."""
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to sample, checked when made (ValueError naming the field).
+
+    temperature: > 0, finite; logits are divided by it before the Gumbel noise is added. None: the
+      run's (`pegasus.run.Run`, RUN_DIR/sampling.json), or 1.0 for a bare prior.
+    top_k: restrict each choice to the k largest logits (None: all codes).
+    seed: >= 0; sample i is drawn with the noise `gumbel_noise(1, grid, K, seed, first=i)`, so it
+      depends on (seed, i) and the prior alone, whatever n, batch_size, method or backend.
+    method: "cached" or "naive" (METHODS: the module docstring); both give the same grids.
+    backend: the kernel backend of the cached method's step ops, "reference", "cpu" or "triton";
+      None: PEGASUS_SAMPLER_BACKEND, else the fastest available. Every backend gives the same grids.
+    batch_size: sample this many at a time (None: all at once); memory grows with it, not with n.
+
+    >>> pegasus.SamplingOptions(temperature=0.8, seed=3)
+    """
+
+    temperature: float | None = None
+    top_k: int | None = None
+    seed: int = 0
+    method: str = "cached"
+    backend: str | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0)):
+            raise ValueError(f"temperature should be a finite number > 0, got {t!r}")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
+            raise ValueError(f"top_k should be an integer >= 1 or None, got {self.top_k!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed should be an integer >= 0, got {self.seed!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method should be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.backend == "naive":
+            raise ValueError("backend 'naive' is a sampling method, not a kernel backend: SamplingOptions(method='naive') (--method naive)")
+        if self.method == "naive" and self.backend is not None:
+            raise ValueError(f"backend={self.backend!r} picks the step ops of the cached method; method 'naive' runs none")
+        if self.batch_size is not None and (not _is_int(self.batch_size) or self.batch_size < 1):
+            raise ValueError(f"batch_size should be an integer >= 1 or None, got {self.batch_size!r}")
+
+    def replace(self, **changes: object) -> SamplingOptions:
+        """A copy with `changes` (checked again)."""
+        return dataclasses.replace(self, **changes)
+
 
 def gumbel_noise(
     n: int,
@@ -70,25 +134,23 @@ def check_sampling_args(
     n: int,
     alpha: float,
     temperature: float,
-    top_k: int | None,
     noise: Tensor | None,
     top: Tensor | None = None,
 ) -> tuple[int, int]:
-    """Validate the arguments every backend shares; returns the grid (H, W) to sample.
-    top: the top grids Tensor[n, H/2, W/2] int64 a bottom prior (cfg.top_codes) is conditioned on.
+    """Validate what the options (`SamplingOptions`, checked when made) cannot know alone; returns
+    the grid (H, W) to sample. top: the top grids Tensor[n, H/2, W/2] int64 a bottom prior
+    (cfg.top_codes) is conditioned on.
 
-    Refused up front, because the backends would answer differently: NaN or inf in the prior's
-    parameters (the reference multiplies masked-out weights and not-yet-sampled positions by zero,
-    which turns them into NaN; the C++ and Triton steps never read them), and a temperature that
+    Refused up front, because the methods and backends would answer differently: NaN or inf in the
+    prior's parameters (the naive method multiplies masked-out weights and not-yet-sampled positions
+    by zero, which turns them into NaN; the cached steps never read them), and a temperature that
     rounds to 0 or inf in the prior's dtype. NaN and inf in `noise` are allowed and give the same
-    grid on every backend: +inf forces a code, -inf forbids it, and a NaN score wins (the first
-    one, as torch.argmax)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    grid everywhere: +inf forces a code, -inf forbids it, and a NaN score wins (the first one, as
+    torch.argmax)."""
+    if not _is_int(n) or n < 1:
         raise ValueError(f"n should be an integer >= 1, got {n!r}")
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha should be in [0, 1], got {alpha}")
-    if not float(temperature) > 0 or not math.isfinite(float(temperature)):
-        raise ValueError(f"temperature should be a finite number > 0, got {temperature}")
     dtype = next(prior.parameters()).dtype
     t = torch.tensor(float(temperature), dtype=dtype).item()
     if t == 0 or math.isinf(t):
@@ -97,8 +159,6 @@ def check_sampling_args(
             f"temperature should be a finite number > 0 in the prior's dtype {dtype} "
             f"({info.smallest_normal * info.eps:.3g} .. {info.max:.3g}), got {temperature}, which rounds to {t}"
         )
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k should be an integer >= 1 or None, got {top_k!r}")
     _check_finite_prior(prior)
     grid = prior.cfg.grid if noise is None else _noise_grid(prior, n, noise)
     _check_top(prior, n, top, grid)
@@ -180,35 +240,22 @@ def sample_indices(
     n: int,
     alpha: float = 0.5,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int = 0,
+    options: SamplingOptions | None = None,
     noise: Tensor | None = None,
-    backend: str | None = None,
-    batch_size: int | None = None,
     top: Tensor | None = None,
     stream: int = 0,
 ) -> Tensor:
     """Sample n code grids from `prior` -> Tensor[n, H, W] int64 on the prior's device.
 
     alpha: in [0, 1], 0 = bird, 1 = horse (ignored by an unconditional prior).
-    temperature: > 0; logits are divided by it before the Gumbel noise is added.
-    top_k: restrict each choice to the k largest logits (None: all codes).
-    seed: grid i is drawn with the noise `gumbel_noise(1, grid, K, seed, first=i)`, so it depends
-    on (seed, i) and the prior alone, whatever n, batch_size or backend.
+    options: `SamplingOptions` (None: the defaults; temperature None is 1.0 here).
     noise: Gumbel noise Tensor[n, H, W, K] (float) to use instead of the seed's. Its (H, W) is the
     grid sampled, so other grid sizes can be asked for.
-    backend: "naive", "reference", "cpu" or "triton" (see the module docstring); every backend
-    gives the same grid for the same noise. None: PEGASUS_SAMPLER_BACKEND, else the fastest available.
-    batch_size: sample this many at a time (None: all n at once); memory grows with it, not with n.
     top: for the bottom prior of a two-level run (cfg.top_codes), the top grids Tensor[n, H/2, W/2]
     int64 that grid i is conditioned on; refused by any other prior.
     stream: which of the seed's noise streams (`gumbel_noise`) to draw from.
     """
-    return torch.cat(list(iter_sample_indices(
-        prior, n, alpha, temperature=temperature, top_k=top_k, seed=seed, noise=noise, backend=backend, batch_size=batch_size,
-        top=top, stream=stream,
-    )))
+    return torch.cat(list(iter_sample_indices(prior, n, alpha, options=options, noise=noise, top=top, stream=stream)))
 
 
 def iter_sample_indices(
@@ -216,45 +263,60 @@ def iter_sample_indices(
     n: int,
     alpha: float = 0.5,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int = 0,
+    options: SamplingOptions | None = None,
     noise: Tensor | None = None,
-    backend: str | None = None,
-    batch_size: int | None = None,
     top: Tensor | None = None,
     stream: int = 0,
 ) -> Iterator[Tensor]:
     """`sample_indices` one batch at a time: yields Tensor[b, H, W] int64 for samples in order,
-    b = batch_size (the last batch holds the rest). Arguments are checked before the first batch."""
-    height, width = check_sampling_args(prior, n, alpha, temperature, top_k, noise, top)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size should be an integer >= 1 or None, got {batch_size!r}")
-    batch = min(n, batch_size or n)
+    b = options.batch_size (the last batch holds the rest). Arguments are checked, and the method
+    and backend resolved, before the first batch."""
+    options = options or SamplingOptions()
+    temperature = 1.0 if options.temperature is None else float(options.temperature)
+    grid = check_sampling_args(prior, n, alpha, temperature, noise, top)
+    batch = min(n, options.batch_size or n)
     param = next(prior.parameters())
-    name = backends.resolve(backends.SAMPLER, backend, param.device, param.dtype)
+    draw = _method(prior, options, temperature)
     if noise is None:
         map_values = prior.cfg.layers * 2 * prior.cfg.channels if prior.cfg.top_codes else 0
-        check_fits(batch, (height, width), prior.cfg.codes, param.device, map_values)
-    return _batches(prior, n, float(alpha), float(temperature), top_k, seed, noise, name, batch, (height, width), top, stream)
+        check_fits(batch, grid, prior.cfg.codes, param.device, map_values)
+    return _batches(prior, n, float(alpha), options.seed, noise, draw, batch, grid, top, stream)
+
+
+def _method(prior: GatedPixelCNN, options: SamplingOptions, temperature: float) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
+    """The function that draws a batch's grids from (alphas Tensor[B], noise Tensor[B, H, W, K],
+    top grids or None) by `options.method`, its backend resolved here, once."""
+    top_k = options.top_k
+    if options.method == "naive":
+        return lambda alphas, noise, tops: sample_naive(prior, alphas, noise, temperature, top_k, top=tops)
+    param = next(prior.parameters())
+    loop = ops.sampler_kernels(options.backend, param.device, param.dtype).sample_loop
+
+    def cached(alphas: Tensor, noise: Tensor, tops: Tensor | None) -> Tensor:
+        with torch.no_grad():
+            weights, cond = prior.pack_for_sampling(), prior.sampling_conditioning(alphas)
+            cond_map = prior.sampling_conditioning_map(tops, len(alphas))
+        return loop(weights, cond, noise, temperature, top_k or 0, False, cond_map)[0]
+
+    return cached
 
 
 def _batches(
-    prior: GatedPixelCNN, n: int, alpha: float, temperature: float, top_k: int | None, seed: int,
-    noise: Tensor | None, name: str, batch: int, grid: tuple[int, int], top: Tensor | None, stream: int,
+    prior: GatedPixelCNN, n: int, alpha: float, seed: int, noise: Tensor | None,
+    draw: Callable[[Tensor, Tensor, Tensor | None], Tensor], batch: int, grid: tuple[int, int], top: Tensor | None, stream: int,
 ) -> Iterator[Tensor]:
     param = next(prior.parameters())
     for first in range(0, n, batch):
         # One thread instead of all when another process holds a core (pegasus.machine: 38 ms
         # against 730), for the batch's work and not past it: the caller's code runs on its own.
         with guarded_threads("sampling") if param.device.type == "cpu" else nullcontext():
-            grids = _batch(prior, first, min(batch, n - first), alpha, temperature, top_k, seed, noise, name, grid, top, stream)
+            grids = _batch(prior, first, min(batch, n - first), alpha, seed, noise, draw, grid, top, stream)
         yield grids
 
 
 def _batch(
-    prior: GatedPixelCNN, first: int, b: int, alpha: float, temperature: float, top_k: int | None, seed: int,
-    noise: Tensor | None, name: str, grid: tuple[int, int], top: Tensor | None, stream: int,
+    prior: GatedPixelCNN, first: int, b: int, alpha: float, seed: int, noise: Tensor | None,
+    draw: Callable[[Tensor, Tensor, Tensor | None], Tensor], grid: tuple[int, int], top: Tensor | None, stream: int,
 ) -> Tensor:
     """Grids first .. first+b-1 (`_batches`)."""
     param = next(prior.parameters())
@@ -267,12 +329,7 @@ def _batch(
     was_training = prior.training
     prior.eval()
     try:
-        if name == "naive":
-            return sample_naive(prior, alphas, chunk, temperature, top_k, top=tops)
-        with torch.no_grad():
-            weights, cond = prior.pack_for_sampling(), prior.sampling_conditioning(alphas)
-            cond_map = prior.sampling_conditioning_map(tops, b)
-        return ops.sample_loop(weights, cond, chunk, temperature, top_k or 0, False, cond_map, backend=name)[0]
+        return draw(alphas, chunk, tops)
     finally:
         prior.train(was_training)
 

@@ -11,10 +11,11 @@ import torch
 import pegasus
 from pegasus.images import save_grid
 from pegasus.sample import sample_to_file
+from pegasus.sampling import SamplingOptions
 
 docs = Path(__file__).resolve().parents[1] / "docs"
 run = pegasus.pretrained()
-sample_to_file(run, docs / "pegasi.png", n=64, alpha=0.5, seed=0)
-rows = [run.sample(8, alpha=a, seed=0) for a in (0.0, 0.25, 0.5, 0.75, 1.0)]
+sample_to_file(run, docs / "pegasi.png", n=64, alpha=0.5, options=SamplingOptions(seed=0))
+rows = [run.sample(8, alpha=a, options=SamplingOptions(seed=0)) for a in (0.0, 0.25, 0.5, 0.75, 1.0)]
 save_grid(torch.cat(rows), docs / "alpha_sweep.png", nrow=8, scale=2)
 print(f"wrote {docs / 'pegasi.png'} and {docs / 'alpha_sweep.png'}")

@@ -25,9 +25,9 @@ args = parser.parse_args()
 
 docs = Path(__file__).resolve().parents[1] / "docs"
 run = pegasus.load_run(args.run_dir)
-codes = run.sample_codes(8, args.alpha, seed=args.seed)
+codes = run.sample_codes(8, args.alpha, options=pegasus.SamplingOptions(seed=args.seed))
 swapped = run.swap_levels(codes).flatten(0, 1)
-kept = torch.cat([run.sample(8, args.alpha, seed=args.seed + 1, top=codes[0][r]) for r in range(8)])
+kept = torch.cat([run.sample(8, args.alpha, options=pegasus.SamplingOptions(seed=args.seed + 1), top=codes[0][r]) for r in range(8)])
 scale = max(1, 64 // run.image_size[0])
 left, right = make_grid(swapped, nrow=8, scale=scale), make_grid(kept, nrow=8, scale=scale)
 gap = np.full((left.shape[0], 16, 3), 255, np.uint8)

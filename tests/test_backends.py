@@ -8,7 +8,8 @@ import torch
 from pegasus import _extension, backends
 from pegasus.cli import build_parser, main
 from pegasus.models.pixelcnn import GatedPixelCNN
-from pegasus.sampling import sample_indices
+from pegasus.sampling import METHODS
+from tests._sampling import draw
 
 CPU = torch.device("cpu")
 
@@ -20,8 +21,10 @@ def _choices(command: str, option: str) -> tuple[str, ...]:
 
 def test_cli_choices_are_the_table():
     assert _choices("train-vqvae", "--backend") == backends.NEAREST_CODE.names() == ("reference", "cpu", "triton")
-    assert _choices("sample", "--backend") == backends.SAMPLER.names() == ("naive", "reference", "cpu", "triton")
+    assert _choices("sample", "--backend") == backends.SAMPLER.names() == ("reference", "cpu", "triton")
     assert _choices("generate", "--backend") == backends.SAMPLER.names()
+    # the naive sampler is a method, chosen apart from the kernels of the cached method's steps
+    assert _choices("sample", "--method") == _choices("generate", "--method") == METHODS == ("cached", "naive")
 
 
 def test_every_family_names_its_variable_and_ops():
@@ -57,19 +60,25 @@ def test_one_variable_one_meaning(monkeypatch, tmp_path, capsys, tiny_folder):
     assert main([*args[:4], str(tmp_path / "r2"), *args[5:]]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1:] == ["pegasus: error: PEGASUS_BACKEND is no longer read: set PEGASUS_NEAREST_CODE_BACKEND (reference, cpu, "
-                   "triton) or PEGASUS_SAMPLER_BACKEND (naive, reference, cpu, triton)"]
+                   "triton) or PEGASUS_SAMPLER_BACKEND (reference, cpu, triton)"]
 
 
 def test_the_sampler_variable_picks_the_sampler(monkeypatch):
     torch.manual_seed(0)
     prior = GatedPixelCNN(codes=5, channels=4, layers=2, kernel=3, grid=(3, 3)).eval()
     calls = []
-    import pegasus.sampling as sampling
+    import pegasus.reference as reference
 
-    monkeypatch.setattr(sampling, "sample_naive", lambda *a, **k: calls.append("naive") or torch.zeros(1, 3, 3, dtype=torch.long))
+    monkeypatch.setattr(reference, "sample_loop", lambda *a, **k: calls.append("reference") or (torch.zeros(1, 3, 3, dtype=torch.long), None))
+    monkeypatch.setenv("PEGASUS_SAMPLER_BACKEND", "reference")
+    draw(prior, 1)
+    assert calls == ["reference"]
+    # "naive" is a method: not a value of the variable, and a method that runs no step op reads none
     monkeypatch.setenv("PEGASUS_SAMPLER_BACKEND", "naive")
-    sample_indices(prior, 1)
-    assert calls == ["naive"]
+    with pytest.raises(ValueError, match=r"PEGASUS_SAMPLER_BACKEND should be one of reference, cpu, triton \(sampler backends\), got 'naive'"):
+        draw(prior, 1)
+    monkeypatch.setenv("PEGASUS_SAMPLER_BACKEND", "reference")
+    assert draw(prior, 1, sampler="naive").shape == (1, 3, 3) and calls == ["reference"]
 
 
 def test_why_a_backend_cannot_run():
@@ -102,7 +111,7 @@ def test_info_prints_the_table(capsys):
 
 def test_runnable_lists_what_runs_and_why_not():
     names, notes = backends.runnable("sampler", CPU)
-    assert names[:2] == ["naive", "reference"]
+    assert names[:1] == ["reference"]
     assert ("cpu" in names) == _extension.has_cpp_ops()
     for note in notes:
         assert note.split(" skipped: ")[0] in backends.SAMPLER.names()

@@ -110,7 +110,7 @@ def test_select_interpolate_train_prior_sample(tiny_folder, tiny_run, tmp_path, 
 
     png = tmp_path / "pegasi.png"
     assert main(["sample", "--run-dir", str(run), "-n", "4", "--best-of", "6", "--top-k", "5", "--alpha", "0.7",
-                 "--temperature", "0.8", "--seed", "3", "--backend", "naive", "--out", str(png)]) == 0
+                 "--temperature", "0.8", "--seed", "3", "--method", "naive", "--out", str(png)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["samples"] == 6 and summary["kept"] == 4 and summary["seconds_per_step"] > 0
     assert Image.open(png).size[0] > 4 * 16

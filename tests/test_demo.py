@@ -23,6 +23,7 @@ from pegasus.cli import main
 from pegasus.demo import MAX_SAMPLES, make_server
 from pegasus.images import make_grid
 from pegasus.run import Run
+from pegasus.sampling import SamplingOptions
 
 
 @contextmanager
@@ -103,7 +104,7 @@ def test_grid_is_the_librarys_samples_with_their_time(server, run):
     done = events[-1]
     assert done["samples"] == 16 and done["grid"] == [8, 8] and done["backend"] == server.default_backend
     assert done["sampling_ms"] > 0 and done["ms_per_image"] == pytest.approx(done["sampling_ms"] / 16)
-    expected = make_grid(run.sample(16, alpha=0.25, seed=3, temperature=0.9, top_k=100), nrow=8, scale=2)
+    expected = make_grid(run.sample(16, alpha=0.25, options=SamplingOptions(seed=3, temperature=0.9, top_k=100)), nrow=8, scale=2)
     np.testing.assert_array_equal(decode(done), expected)
 
 
@@ -113,7 +114,7 @@ def test_strip_is_sample_zero_from_bird_to_horse(server, run):
     assert [e["done"] for e in events if e["event"] == "progress"] == list(range(1, 10))
     done = events[-1]
     assert done["alphas"] == [i / 8 for i in range(9)]
-    strip = [run.sample(1, alpha=a, seed=5) for a in done["alphas"]]
+    strip = [run.sample(1, alpha=a, options=SamplingOptions(seed=5)) for a in done["alphas"]]
     np.testing.assert_array_equal(decode(done), make_grid(torch.cat(strip), nrow=9, scale=2))
 
 

@@ -47,24 +47,25 @@ def _worker(rank: int, port: int, data: str, root: str) -> None:
     torch.set_num_threads(1)
     import pegasus.train_prior as prior_mod
     import pegasus.train_vqvae as train_mod
+    import pegasus.training as training
+    from pegasus.models.pixelcnn import GatedPixelCNN
 
     root_path = Path(root)
-    real_fits = {mod: mod.fit for mod in (train_mod, prior_mod)}
-    for mod, name in ((train_mod, "vqvae"), (prior_mod, "prior")):
+    real_fit = training.fit
 
-        def fit_and_dump(model, *args, _real=real_fits[mod], _name=name, **kwargs):
-            result = _real(model, *args, **kwargs)
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root_path / f"{_name}-rank{rank}.safetensors")
-            return result
+    def fit_and_dump(model, *args, **kwargs):
+        result = real_fit(model, *args, **kwargs)
+        name = "prior" if isinstance(model, GatedPixelCNN) else "vqvae"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root_path / f"{name}-rank{rank}.safetensors")
+        return result
 
-        mod.fit = fit_and_dump
+    training.fit = fit_and_dump  # the loop of every trainer (pegasus.training.train runs it)
     train_mod.train_vqvae(data, root_path / "vq", model_cfg=TINY_MODEL, train_cfg={**VQ_TRAIN, "steps": 3}, progress=False)
     if rank == 0:  # a copy at step 3, resumed by one process below
         shutil.copytree(root_path / "vq", root_path / "vq3")
     train_mod.train_vqvae(data, root_path / "vq", train_cfg={"steps": STEPS}, resume=True, progress=False)
     prior_mod.train_prior(root_path / "prior", prior_cfg=TINY_PIPELINE["prior"], train_cfg={**PRIOR_TRAIN, "steps": STEPS}, progress=False)
-    for mod, real_fit in real_fits.items():
-        mod.fit = real_fit
+    training.fit = real_fit
     from pegasus.pipeline import run_pipeline
 
     train = {"steps": 4, "batch_size": B, "log_every": 1}

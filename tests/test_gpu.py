@@ -5,9 +5,10 @@ import torch
 
 from pegasus import GatedPixelCNN, backends, ops, reference
 from pegasus.ops import nearest_code
-from pegasus.sampling import gumbel_noise, sample_indices
+from pegasus.sampling import gumbel_noise
 
 from .conftest import random_prior
+from tests._sampling import draw
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -53,8 +54,8 @@ def test_triton_sampler_same_grids_float64(kernel, layers, grid, conditional):
     for seed in range(2):
         noise = gumbel_noise(3, grid, 13, seed=seed, dtype=torch.float64, device=CUDA)
         kwargs = {"alpha": 0.4, "temperature": 0.8, "noise": noise}
-        ref = sample_indices(prior, 3, backend="naive", **kwargs)
-        assert torch.equal(sample_indices(prior, 3, backend="triton", **kwargs), ref)
+        ref = draw(prior, 3, sampler="naive", **kwargs)
+        assert torch.equal(draw(prior, 3, sampler="triton", **kwargs), ref)
 
 
 @pytest.mark.parametrize("grid, batch", [((8, 8), 16), ((24, 24), 2)])
@@ -70,14 +71,14 @@ def test_triton_sampler_default_prior_float32(grid, batch):
     with torch.no_grad():
         full = prior(out, alpha).permute(0, 2, 3, 1)
     torch.testing.assert_close(logits, full, atol=1e-4, rtol=0)
-    assert torch.equal(out, sample_indices(prior, batch, noise=noise, backend="naive"))
+    assert torch.equal(out, draw(prior, batch, noise=noise, sampler="naive"))
 
 
 def test_triton_sampler_top_k():
     prior = random_prior(13, 2, 5, True, torch.float32, seed=4).to(CUDA)
     noise = gumbel_noise(4, (5, 6), 13, seed=2, device=CUDA) * 3
-    ref = sample_indices(prior, 4, top_k=3, noise=noise, backend="naive")
-    assert torch.equal(sample_indices(prior, 4, top_k=3, noise=noise, backend="triton"), ref)
+    ref = draw(prior, 4, top_k=3, noise=noise, sampler="naive")
+    assert torch.equal(draw(prior, 4, top_k=3, noise=noise, sampler="triton"), ref)
 
 
 @pytest.mark.parametrize("kernel, layers, grid", [(3, 2, (4, 6)), (5, 3, (8, 8))])
@@ -88,4 +89,4 @@ def test_triton_bottom_prior_same_grids_float64(kernel, layers, grid):
     top = torch.randint(0, 7, (3, grid[0] // 2, grid[1] // 2), generator=torch.Generator().manual_seed(1)).to(CUDA)
     noise = gumbel_noise(3, grid, 13, seed=5, dtype=torch.float64, device=CUDA)
     kwargs = {"alpha": 0.6, "temperature": 0.9, "noise": noise, "top": top}
-    assert torch.equal(sample_indices(prior, 3, backend="triton", **kwargs), sample_indices(prior, 3, backend="naive", **kwargs))
+    assert torch.equal(draw(prior, 3, sampler="triton", **kwargs), draw(prior, 3, sampler="naive", **kwargs))

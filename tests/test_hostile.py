@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from pegasus import GatedPixelCNN, _extension, backends, reference
 from pegasus.ops import nearest_code
-from pegasus.sampling import gumbel_noise, sample_indices
+from pegasus.sampling import gumbel_noise
+from tests._sampling import draw
 
 HAS_CPP = _extension.has_cpp_ops()
 TRITON_NC = backends.unavailable(backends.NEAREST_CODE, "triton", "cpu") is None
@@ -268,7 +269,7 @@ def sampler_case(draw, max_n=3, max_side=3, layers=(1, 2), codes=(1, 2, 3, 5, 17
 def outcome(prior, call, backend):
     """The grid, or (exception type, message)."""
     try:
-        return sample_indices(prior, backend=backend, **call)
+        return draw(prior, sampler=backend, **call)
     except Exception as e:  # noqa: BLE001 - compared across backends
         return type(e), str(e)
 
@@ -351,7 +352,7 @@ def test_tie_check_has_teeth():
     prior = make_prior(3, 1, 3, 2, True, torch.float64, 0.5, 0)
     noise = gumbel_noise(1, (2, 2), 3, seed=0, dtype=torch.float64)
     call = {"n": 1, "alpha": 0.5, "temperature": 1.0, "top_k": None, "noise": noise}
-    ref = sample_indices(prior, backend="naive", **call)
+    ref = draw(prior, sampler="naive", **call)
     wrong = ref.clone()
     wrong[0, 0, 1] = (ref[0, 0, 1] + 1) % 3
     with pytest.raises(AssertionError, match=r"sample 0 at \(0, 1\)"):
@@ -361,7 +362,7 @@ def test_tie_check_has_teeth():
         prior.head[3].bias[1] = prior.head[3].bias[0]
     call["noise"] = torch.zeros(1, 2, 2, 3, dtype=torch.float64)
     call["noise"][..., 2] = -INF
-    ref = sample_indices(prior, backend="naive", **call)
+    ref = draw(prior, sampler="naive", **call)
     assert (ref == 0).all()
     assert_same_choice_or_tie(prior, call, ref, torch.ones_like(ref))
 
@@ -399,7 +400,7 @@ def test_sampler_bad_arguments_same_error_on_every_backend(kwargs, text):
     errors = set()
     for backend in SAMPLERS + (["triton"] if TRITON_SAMPLER else []):
         with pytest.raises(ValueError) as info:
-            sample_indices(prior, **{"n": 2, **kwargs, "backend": backend})
+            draw(prior, **{"n": 2, **kwargs, "sampler": backend})
         errors.add(str(info.value))
     assert len(errors) == 1
     assert text in errors.pop()
@@ -416,7 +417,7 @@ def test_sampler_refuses_a_prior_with_nan_or_inf(name, bad):
         params[name].view(-1)[-1] = bad
     for backend in SAMPLERS + (["triton"] if TRITON_SAMPLER else []):
         with pytest.raises(ValueError, match=f"prior should have finite parameters, got NaN or inf in {name}"):
-            sample_indices(prior, 2, backend=backend)
+            draw(prior, 2, sampler=backend)
 
 
 @pytest.mark.parametrize("backend", SAMPLERS[1:] + (["triton"] if TRITON_SAMPLER else []))
@@ -430,6 +431,6 @@ def test_sampler_documented_noise_rule(backend):
     noise[0, 0, 2, 2] = NAN
     noise[0, 0, 2, 4] = NAN
     noise[0, 1, 0, :4] = -INF
-    grid = sample_indices(prior, 1, noise=noise, backend=backend)
+    grid = draw(prior, 1, noise=noise, sampler=backend)
     assert grid[0, 0].tolist() == [3, 0, 2] and grid[0, 1, 0] == 4
-    assert torch.equal(grid, sample_indices(prior, 1, noise=noise, backend="naive"))
+    assert torch.equal(grid, draw(prior, 1, noise=noise, sampler="naive"))

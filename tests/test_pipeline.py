@@ -14,6 +14,7 @@ from pegasus.data import load_dataset
 from pegasus.images import images_to_tensor
 from pegasus.interpolate import interpolate
 from pegasus.mixing import choose_pairs
+from pegasus.sampling import SamplingOptions
 from pegasus.rundir import load_prior, read_latents
 from pegasus.train_prior import train_prior
 from pegasus.training import TrainingError
@@ -51,7 +52,7 @@ def test_the_recipes_temperature_is_written_and_sampled_at(tiny_folder, tiny_run
     done = pipeline.run_pipeline(tiny_folder, run, settings={**TINY_PIPELINE, "temperature": 0.5}, progress=False)
     assert done["sample"] == "ran" and done["train-prior"] == "skipped"
     assert read_sampling_defaults(run) == {"temperature": 0.5}
-    sample_to_file(run, tmp_path / "explicit.png", n=TINY_PIPELINE["samples"], temperature=0.5)
+    sample_to_file(run, tmp_path / "explicit.png", n=TINY_PIPELINE["samples"], options=SamplingOptions(temperature=0.5))
     with Image.open(run / "pegasi.png") as a, Image.open(tmp_path / "explicit.png") as b:
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert "temperature" in pipeline.FULL and "temperature" not in pipeline.QUICK
@@ -126,9 +127,9 @@ def test_train_prior_resume_is_exact(tiny_run, tmp_path):
 
 def test_load_run_samples_images(tiny_run):
     run = pegasus.load_run(tiny_run)
-    images = run.sample(3, alpha=0.2, temperature=0.9, seed=1, top_k=5)
+    images = run.sample(3, alpha=0.2, options=SamplingOptions(temperature=0.9, seed=1, top_k=5))
     assert images.shape == (3, 3, 16, 16) and images.dtype == torch.uint8
-    grids = run.sample_indices(3, alpha=0.2, temperature=0.9, seed=1, top_k=5)
+    grids = run.sample_indices(3, alpha=0.2, options=SamplingOptions(temperature=0.9, seed=1, top_k=5))
     assert torch.equal(run.decode(grids), images)
     assert run.prior.cfg.grid == (4, 4) and not run.prior.training
     with pytest.raises(ValueError, match=r"alpha should be in \[0, 1\], got 2"):
@@ -180,6 +181,6 @@ def test_stl10_96x96_pipeline_gives_24x24_latents_and_samples(tmp_path):
     assert read_latents(out)["indices"].shape[-2:] == (24, 24)
     run = pegasus.load_run(out)
     assert run.prior.cfg.grid == (24, 24)
-    assert run.sample(2, seed=1).shape == (2, 3, 96, 96)
+    assert run.sample(2, options=SamplingOptions(seed=1)).shape == (2, 3, 96, 96)
     with Image.open(out / "pegasi.png") as png:
         assert png.height >= 96 and png.width >= TINY_PIPELINE["samples"] * 96

@@ -11,6 +11,7 @@ import pegasus
 from pegasus.checkpoint import CheckpointError
 from pegasus.cli import main
 from pegasus.pretrained import WEIGHTS_DIR, export_run
+from pegasus.sampling import SamplingOptions
 
 
 def test_pretrained_is_a_run_like_load_run():
@@ -18,8 +19,8 @@ def test_pretrained_is_a_run_like_load_run():
     assert isinstance(run, pegasus.Run) and run.run_dir == WEIGHTS_DIR
     assert next(run.prior.parameters()).dtype == torch.float32 and not run.prior.training
     again = pegasus.load_run(WEIGHTS_DIR)
-    assert torch.equal(run.sample_indices(3, seed=5), again.sample_indices(3, seed=5))
-    images = run.sample(2, alpha=0.5, seed=0)
+    assert torch.equal(run.sample_indices(3, options=SamplingOptions(seed=5)), again.sample_indices(3, options=SamplingOptions(seed=5)))
+    images = run.sample(2, alpha=0.5, options=SamplingOptions(seed=0))
     assert images.shape == (2, 3, 32, 32) and images.dtype == torch.uint8
 
 

@@ -21,9 +21,10 @@ import pytest
 import torch
 
 from pegasus import GatedPixelCNN, _extension, backends, ops, reference
-from pegasus.sampling import gumbel_noise, sample_indices
+from pegasus.sampling import gumbel_noise
 
 from .conftest import needs_ext, random_prior
+from tests._sampling import draw
 
 HAS_TRITON = backends.unavailable(backends.SAMPLER, "triton", "cpu") is None
 LOOP_BACKENDS = ["cpu"] + (["triton"] if HAS_TRITON else [])
@@ -47,8 +48,8 @@ def forcing_noise(tokens, codes, dtype=torch.float32):
 
 
 def naive_and_reference(prior, n, noise, **kwargs):
-    naive = sample_indices(prior, n, noise=noise, backend="naive", **kwargs)
-    return naive, sample_indices(prior, n, noise=noise, backend="reference", **kwargs)
+    naive = draw(prior, n, noise=noise, sampler="naive", **kwargs)
+    return naive, draw(prior, n, noise=noise, sampler="reference", **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -106,8 +107,8 @@ def test_forcing_noise_forces_the_tokens_on_every_backend(backend):
     prior = random_prior(7, 2, 3, True, torch.float32, seed=3)
     tokens = torch.randint(0, 7, (2, 3, 4), generator=torch.Generator().manual_seed(1))
     noise = forcing_noise(tokens, 7)
-    assert torch.equal(sample_indices(prior, 2, alpha=0.3, temperature=0.7, noise=noise, backend=backend), tokens)
-    assert torch.equal(sample_indices(prior, 2, alpha=0.3, top_k=7, noise=noise, backend=backend), tokens)
+    assert torch.equal(draw(prior, 2, alpha=0.3, temperature=0.7, noise=noise, sampler=backend), tokens)
+    assert torch.equal(draw(prior, 2, alpha=0.3, top_k=7, noise=noise, sampler=backend), tokens)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +129,7 @@ def test_bad_input_same_errors_as_naive(kwargs):
     errors = []
     for backend in ("naive", "reference"):
         with pytest.raises(ValueError) as info:
-            sample_indices(prior, **{"n": 2, **kwargs, "backend": backend})
+            draw(prior, **{"n": 2, **kwargs, "sampler": backend})
         errors.append(str(info.value))
     assert errors[0] == errors[1]
 
@@ -155,8 +156,8 @@ def test_same_grids_as_naive_float64(backend, kernel, layers, grid, conditional)
     for seed in range(3 if backend == "cpu" else 2):
         noise = gumbel_noise(3, grid, 13, seed=seed, dtype=torch.float64)
         kwargs = {"alpha": 0.3 * seed + 0.1, "temperature": 0.8, "noise": noise}
-        ref = sample_indices(prior, 3, backend="naive", **kwargs)
-        assert torch.equal(sample_indices(prior, 3, backend=backend, **kwargs), ref), (seed, ref)
+        ref = draw(prior, 3, sampler="naive", **kwargs)
+        assert torch.equal(draw(prior, 3, sampler=backend, **kwargs), ref), (seed, ref)
 
 
 @needs_ext
@@ -165,8 +166,8 @@ def test_same_grids_as_naive_float64(backend, kernel, layers, grid, conditional)
 def test_batch_one_one_code_and_top_k_float64(backend, n, codes, top_k):
     prior = random_prior(codes, 3, 3, True, torch.float64)
     noise = gumbel_noise(n, (5, 7), codes, seed=1, dtype=torch.float64) * 5  # noise that often beats the logits
-    ref = sample_indices(prior, n, alpha=0.6, top_k=top_k, noise=noise, backend="naive")
-    assert torch.equal(sample_indices(prior, n, alpha=0.6, top_k=top_k, noise=noise, backend=backend), ref)
+    ref = draw(prior, n, alpha=0.6, top_k=top_k, noise=noise, sampler="naive")
+    assert torch.equal(draw(prior, n, alpha=0.6, top_k=top_k, noise=noise, sampler=backend), ref)
     if codes == 1:
         assert (ref == 0).all()
 
@@ -186,7 +187,7 @@ def test_logits_and_grids_float32(backend, kernel, layers, conditional):
         with torch.no_grad():
             full = prior(out, torch.full((4,), 0.4)).permute(0, 2, 3, 1)
         torch.testing.assert_close(logits, full, atol=1e-4, rtol=0)
-        assert torch.equal(out, sample_indices(prior, 4, alpha=0.4, noise=noise, backend="naive"))
+        assert torch.equal(out, draw(prior, 4, alpha=0.4, noise=noise, sampler="naive"))
 
 
 @needs_ext
@@ -384,8 +385,8 @@ def test_default_prior_config_float32(backend):
     torch.manual_seed(0)
     prior = GatedPixelCNN().eval()
     noise = gumbel_noise(2, (3, 2), 512, seed=0)
-    ref = sample_indices(prior, 2, noise=noise, backend="naive")
-    assert torch.equal(sample_indices(prior, 2, noise=noise, backend=backend), ref)
+    ref = draw(prior, 2, noise=noise, sampler="naive")
+    assert torch.equal(draw(prior, 2, noise=noise, sampler=backend), ref)
 
 
 def resolve_for(prior, backend=None):
@@ -411,31 +412,31 @@ def test_pegasus_sampler_backend_environment(monkeypatch):
     assert resolve_for(prior) == "reference"
     assert resolve_for(prior, "cpu") == "cpu"  # the argument comes first
     monkeypatch.setenv("PEGASUS_SAMPLER_BACKEND", "fast")
-    with pytest.raises(ValueError, match=r"PEGASUS_SAMPLER_BACKEND should be one of naive, reference, cpu, triton \(sampler backends\), got 'fast'"):
+    with pytest.raises(ValueError, match=r"PEGASUS_SAMPLER_BACKEND should be one of reference, cpu, triton \(sampler backends\), got 'fast'"):
         resolve_for(prior)
-    with pytest.raises(ValueError, match=r"backend should be one of naive, reference, cpu, triton \(sampler backends\), got 'cached'"):
-        sample_indices(prior, 2, backend="cached")
+    with pytest.raises(ValueError, match=r"backend should be one of reference, cpu, triton \(sampler backends\), got 'cached'"):
+        draw(prior, 2, sampler="cached")
 
 
 def test_retired_pegasus_backend_variable_names_the_new_ones(monkeypatch):
     prior = random_prior(5, 1, 3, True, torch.float32)
     monkeypatch.setenv("PEGASUS_BACKEND", "reference")
     with pytest.raises(ValueError, match="PEGASUS_BACKEND is no longer read: set PEGASUS_NEAREST_CODE_BACKEND .* or PEGASUS_SAMPLER_BACKEND"):
-        sample_indices(prior, 2, backend="reference")
+        draw(prior, 2, sampler="reference")
 
 
 @needs_ext
 def test_unsupported_prior_is_refused_before_the_loop():
     prior = random_prior(5, 1, 3, True, torch.bfloat16)
     with pytest.raises(RuntimeError, match="sampler backend 'cpu' unavailable: its kernels take float32 and float64, got bfloat16"):
-        sample_indices(prior, 2, backend="cpu")
+        draw(prior, 2, sampler="cpu")
 
 
 @needs_ext
 @pytest.mark.skipif(HAS_TRITON, reason="checks the error raised when Triton cannot run")
 def test_triton_unavailable_says_why():
     with pytest.raises(RuntimeError, match="sampler backend 'triton' unavailable: "):
-        sample_indices(random_prior(5, 1, 3, True, torch.float32), 2, backend="triton")
+        draw(random_prior(5, 1, 3, True, torch.float32), 2, sampler="triton")
 
 
 @pytest.fixture(scope="module")
@@ -499,7 +500,7 @@ def test_gil_is_released_while_sampling():
     thread.start()
     try:
         start = time.perf_counter()
-        sample_indices(prior, 4, noise=noise, backend="cpu")
+        draw(prior, 4, noise=noise, sampler="cpu")
         end = time.perf_counter()
     finally:
         done.set()
@@ -519,12 +520,12 @@ def test_ctrl_c_stops_the_loop_between_rows(tmp_path):
         # inherit that, so Python would install no handler and sample to the end: restore Ctrl-C.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         from pegasus import GatedPixelCNN
-        from pegasus.sampling import gumbel_noise, sample_indices
+        from pegasus.sampling import SamplingOptions, gumbel_noise, sample_indices
         prior = GatedPixelCNN(codes=16, channels=256, layers=8).eval()
         noise = gumbel_noise(16, (256, 24), 16, seed=0)  # ~1 minute of sampling if never stopped
         print("sampling", flush=True)
         try:
-            sample_indices(prior, 16, noise=noise, backend="cpu")
+            sample_indices(prior, 16, options=SamplingOptions(backend="cpu"), noise=noise)
         except KeyboardInterrupt:
             print("interrupted", flush=True)
             sys.exit(3)
@@ -568,7 +569,7 @@ def test_triton_loop_steps_are_the_triton_kernels(monkeypatch):
     weights, cond = loop_inputs(prior, noise, 0.5)
     grid, _ = ops.sample_loop(weights, cond, noise, 1.0, 0, False, backend="triton")
     assert calls == {"row": 3, "position": 9}
-    assert torch.equal(grid, sample_indices(prior, 2, noise=noise, backend="naive"))
+    assert torch.equal(grid, draw(prior, 2, noise=noise, sampler="naive"))
 
 
 @pytest.mark.parametrize("backend", ["reference"] + (["cpu"] if _extension.has_cpp_ops() else []))
@@ -581,7 +582,7 @@ def test_the_loop_wrapper_checks_its_inputs_on_every_backend(backend):
         (torch.zeros(2, 3, 3, 5), 0.0, "temperature should be a finite number > 0, got 0.0"),
         (torch.zeros(2, 3, 3, 5, dtype=torch.float64), 1.0, "noise should be torch.float32 on cpu like the weights, got torch.float64"),
         (torch.zeros(2, 3, 3, 4), 1.0, r"noise should be Gumbel noise \[B, H, W, K=5\] with B, H, W >= 1, got \(2, 3, 3, 4\)"),
-        (torch.zeros(3, 3, 3, 5), 1.0, r"cond should be torch.float32 \[L=2, B=3, 2C=8\], got torch.float32 \(2, 2, 8\)"),
+        (torch.zeros(3, 3, 3, 5), 1.0, r"sample_loop: cond should be \[2, 3, 8\], got \[2, 2, 8\]"),
     ]
     for noise, temperature, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -11,6 +11,7 @@ import importlib.util
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from pegasus import GatedPixelCNN, _extension, ops, reference
 from pegasus.backends import triton_interpreting
@@ -156,7 +157,6 @@ def test_opcheck(top_k):
 
 @needs_ext
 def test_fake_shapes():
-    from torch._subclasses.fake_tensor import FakeTensorMode
 
     _, position_args = mid_grid_inputs()
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
@@ -167,30 +167,56 @@ def test_fake_shapes():
     assert logits.shape == (3, 13) and logits.dtype == torch.float64
 
 
-def test_bad_input():
+BAD_INPUT = [
+    ("x_state float32", r"sample_position: x_state should be torch.float64 on cpu like the weights, got torch.float32 on cpu"),
+    ("v2h_row strided", r"sample_position: v2h_row should be contiguous, got strides"),
+    ("noise K-1", r"sample_position: noise should be torch.float64 \[B=3, K=13\] on cpu, got torch.float64 \[3, 12\] on cpu"),
+    ("col W", r"sample_position: col should be in \[0, W=5\), got 5"),
+    ("weights[3] shape", r"sample_position: weights\[3\] \(layer0\.\w+\) should be \[12, 12\], got \[12, 13\]"),
+    ("row weights short", r"packed prior: expected 1 \+ 7 \* layers \+ 4 tensors \(layers >= 1\), got 25"),
+    ("row cond float32", r"sample_row: cond should be torch.float64 on cpu like the weights, got torch.float32 on cpu"),
+]
+
+
+def _bad_call(kind: str) -> tuple[str, tuple]:
+    """(op, arguments) of one bad call of BAD_INPUT."""
     row_args, position_args = mid_grid_inputs()
     v_state, x_state, v2h_row, weights, noise, *rest = position_args
-    with pytest.raises(ValueError, match=r"sample_position \(triton\): x_state should be torch.float64 like v_state, got torch.float32"):
-        sample_step.sample_position(v_state, x_state.float(), v2h_row, weights, noise, *rest)
-    with pytest.raises(ValueError, match=r"v2h_row should be contiguous, got strides"):
-        sample_step.sample_position(v_state, x_state, v2h_row.transpose(2, 3).contiguous().transpose(2, 3), weights, noise, *rest)
-    with pytest.raises(ValueError, match=r"noise should be \[B=3, K=13\] on \S+, got \(3, 12\)"):
-        sample_step.sample_position(v_state, x_state, v2h_row, weights, noise[:, :12], *rest)
-    with pytest.raises(ValueError, match=r"col should be in \[0, W=5\), got 5"):
-        sample_step.sample_position(v_state, x_state, v2h_row, weights, noise, 0.7, 0, 2, 5)
-    with pytest.raises(ValueError, match=r"weights\[3\] should be of shape \(12, 12\), got \(12, 13\)"):
-        bad = list(weights)
-        bad[3] = torch.zeros(12, 13, dtype=torch.float64)
-        sample_step.sample_position(v_state, x_state, v2h_row, bad, noise, *rest)
-    with pytest.raises(ValueError, match=r"weights should be 1 \+ 7 \* L \+ 4 = 26 tensors for L=3, got 25"):
-        sample_step.sample_row(row_args[0], row_args[1], weights[:-1], row_args[3], 3)
-    with pytest.raises(ValueError, match=r"sample_row \(triton\): cond should be torch.float64 like v_state, got torch.float32"):
-        sample_step.sample_row(row_args[0], row_args[1], weights, row_args[3].float(), 3)
+    bad = list(weights)
+    bad[3] = torch.zeros(12, 13, dtype=torch.float64)
+    return {
+        "x_state float32": ("sample_position", (v_state, x_state.float(), v2h_row, weights, noise, *rest)),
+        "v2h_row strided": ("sample_position", (v_state, x_state, v2h_row.transpose(2, 3).contiguous().transpose(2, 3), weights, noise, *rest)),
+        "noise K-1": ("sample_position", (v_state, x_state, v2h_row, weights, noise[:, :12], *rest)),
+        "col W": ("sample_position", (v_state, x_state, v2h_row, weights, noise, 0.7, 0, 2, 5)),
+        "weights[3] shape": ("sample_position", (v_state, x_state, v2h_row, bad, noise, *rest)),
+        "row weights short": ("sample_row", (row_args[0], row_args[1], weights[:-1], row_args[3], 3)),
+        "row cond float32": ("sample_row", (row_args[0], row_args[1], weights, row_args[3].float(), 3)),
+    }[kind]
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the messages name CPU tensors")
+@pytest.mark.parametrize("kind, message", BAD_INPUT, ids=[k for k, _ in BAD_INPUT])
+def test_bad_input_one_rule_for_every_backend_and_the_fake(kind, message):
+    """The step ops' rules are written once (pegasus.ops): the wrappers check them before any
+    backend, so the Triton launchers check nothing per step, and the fakes are the same rules."""
+    op, args = _bad_call(kind)
+    for backend in ["reference", "triton"] + (["cpu"] if _extension.has_cpp_ops() else []):
+        with pytest.raises(ValueError, match=message):
+            getattr(ops, op)(*args, backend=backend)
+    if _extension.has_cpp_ops():
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake = [[mode.from_tensor(w) for w in a] if isinstance(a, list) else mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                    for a in args]
+            with pytest.raises(ValueError, match=message):
+                getattr(torch.ops.pegasus, op)(*fake)
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="CPU tensors")
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
+    from pegasus import backends
+
     row_args, _ = mid_grid_inputs()
-    monkeypatch.setattr(sample_step, "triton_interpreting", lambda: False)
+    monkeypatch.setattr(backends, "triton_interpreting", lambda: False)
     with pytest.raises(RuntimeError, match=r"runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1; got tensors on cpu"):
-        sample_step.sample_row(*row_args)
+        ops.sample_row(*row_args, backend="triton")

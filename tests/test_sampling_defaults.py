@@ -14,6 +14,7 @@ from pegasus.demo.settings import parse_settings
 from pegasus.pretrained import export_run
 from pegasus.rundir import SAMPLING, read_sampling_defaults, write_sampling_defaults
 from pegasus.run import load_run
+from pegasus.sampling import SamplingOptions
 
 
 @pytest.fixture
@@ -66,12 +67,12 @@ def test_a_bad_temperature_is_not_written(run_dir):
 def test_sampling_uses_the_runs_temperature_unless_told_otherwise(run_dir):
     write_sampling_defaults(run_dir, 0.25)
     run = load_run(run_dir)
-    own = run.sample_indices(32, alpha=0.5, seed=3)
-    assert torch.equal(own, run.sample_indices(32, alpha=0.5, seed=3, temperature=0.25))
-    assert torch.equal(own, run.sample_indices(32, alpha=0.5, seed=3, temperature=None))
+    own = run.sample_indices(32, alpha=0.5, options=SamplingOptions(seed=3))
+    assert torch.equal(own, run.sample_indices(32, alpha=0.5, options=SamplingOptions(seed=3, temperature=0.25)))
+    assert torch.equal(own, run.sample_indices(32, alpha=0.5, options=SamplingOptions(seed=3, temperature=None)))
     # The temperature is really applied: at 1.0 the same noise picks other codes somewhere.
-    assert not torch.equal(own, run.sample_indices(32, alpha=0.5, seed=3, temperature=1.0))
-    assert torch.equal(run.sample(4, seed=3), run.sample(4, seed=3, temperature=0.25))
+    assert not torch.equal(own, run.sample_indices(32, alpha=0.5, options=SamplingOptions(seed=3, temperature=1.0)))
+    assert torch.equal(run.sample(4, options=SamplingOptions(seed=3)), run.sample(4, options=SamplingOptions(seed=3, temperature=0.25)))
 
 
 def test_cli_sample_reports_and_uses_the_runs_temperature(run_dir, tmp_path, capsys):

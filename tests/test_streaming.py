@@ -11,9 +11,11 @@ from PIL import Image
 from pegasus import pretrained
 from pegasus.cli import main
 from pegasus.models.pixelcnn import GatedPixelCNN
-from pegasus.sampling import gumbel_noise, sample_indices
+from pegasus.sampling import gumbel_noise
 
 from .conftest import needs_ext
+from tests._sampling import draw
+from pegasus.sampling import SamplingOptions
 
 
 def test_noise_of_sample_i_depends_on_seed_and_i_alone():
@@ -28,11 +30,11 @@ def test_noise_of_sample_i_depends_on_seed_and_i_alone():
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_grids_do_not_depend_on_n_or_the_batch_size(backend):
     prior = pretrained().prior
-    whole = sample_indices(prior, 12, alpha=0.3, seed=5, backend=backend)
+    whole = draw(prior, 12, alpha=0.3, seed=5, sampler=backend)
     for batch_size in (1, 5, 12, 64):
-        assert torch.equal(sample_indices(prior, 12, alpha=0.3, seed=5, backend=backend, batch_size=batch_size), whole)
-    assert torch.equal(sample_indices(prior, 4, alpha=0.3, seed=5, backend=backend), whole[:4])
-    alone = [sample_indices(prior, 1, alpha=0.3, seed=5, backend=backend,
+        assert torch.equal(draw(prior, 12, alpha=0.3, seed=5, sampler=backend, batch_size=batch_size), whole)
+    assert torch.equal(draw(prior, 4, alpha=0.3, seed=5, sampler=backend), whole[:4])
+    alone = [draw(prior, 1, alpha=0.3, seed=5, sampler=backend,
                             noise=gumbel_noise(1, (8, 8), 512, seed=5, first=i)) for i in (3, 11)]
     assert torch.equal(torch.cat(alone), whole[[3, 11]])
 
@@ -40,13 +42,13 @@ def test_grids_do_not_depend_on_n_or_the_batch_size(backend):
 @needs_ext
 def test_grids_do_not_depend_on_the_backend():
     prior = pretrained().prior
-    assert torch.equal(sample_indices(prior, 3, seed=2, backend="cpu", batch_size=2), sample_indices(prior, 3, seed=2, backend="naive"))
+    assert torch.equal(draw(prior, 3, seed=2, sampler="cpu", batch_size=2), draw(prior, 3, seed=2, sampler="naive"))
 
 
 @needs_ext
 def test_three_output_forms_hold_the_same_images(tmp_path):
     run = pretrained()
-    expected = run.sample(10, alpha=0.6, seed=4).permute(0, 2, 3, 1).numpy()
+    expected = run.sample(10, alpha=0.6, options=SamplingOptions(seed=4)).permute(0, 2, 3, 1).numpy()
     common = ["generate", "-n", "10", "--alpha", "0.6", "--seed", "4", "--batch-size", "3"]
     assert main([*common, "--out", str(tmp_path / "s.npz")]) == 0
     with np.load(tmp_path / "s.npz") as z:
@@ -85,7 +87,7 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 def test_the_packed_prior_is_reused_while_the_weights_stay():
     prior = _prior()
     assert prior.pack_for_sampling() is prior.pack_for_sampling()
-    sample_indices(prior, 2, seed=0)
+    draw(prior, 2, seed=0)
     assert prior.pack_for_sampling() is prior.pack_for_sampling()
 
 
@@ -121,8 +123,8 @@ def test_writes_through_data_need_the_explicit_invalidation():
 
 def test_the_nan_guard_sees_a_change_after_a_clean_sample():
     prior = _prior()
-    sample_indices(prior, 1, seed=0)  # checked and remembered as finite
+    draw(prior, 1, seed=0)  # checked and remembered as finite
     with torch.no_grad():
         prior.head[3].bias[0] = float("nan")
     with pytest.raises(ValueError, match=r"prior should have finite parameters, got NaN or inf in head.3.bias"):
-        sample_indices(prior, 1, seed=0)
+        draw(prior, 1, seed=0)

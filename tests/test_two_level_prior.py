@@ -8,10 +8,11 @@ import torch
 
 from pegasus import GatedPixelCNN, ops, reference
 from pegasus.models.pixelcnn import PixelCNNConfig
-from pegasus.sampling import gumbel_noise, sample_indices
+from pegasus.sampling import gumbel_noise
 
 from .conftest import needs_ext, random_prior
 from .test_sample_loop import HAS_TRITON, LOOP_BACKENDS, needs_triton
+from tests._sampling import draw
 
 TOP = 7  # top codebook size of the tests' priors
 
@@ -61,10 +62,10 @@ def test_reference_same_grids_as_naive_float64(kernel, layers, grid, conditional
         noise = gumbel_noise(3, grid, 11, seed=seed, dtype=torch.float64)
         top = top_grids(3, grid, seed)
         kw = dict(noise=noise, alpha=0.3 + 0.4 * seed, temperature=0.9, top=top)
-        naive = sample_indices(prior, 3, backend="naive", **kw)
-        assert torch.equal(naive, sample_indices(prior, 3, backend="reference", **kw)), seed
+        naive = draw(prior, 3, sampler="naive", **kw)
+        assert torch.equal(naive, draw(prior, 3, sampler="reference", **kw)), seed
         # the top grid matters: another one gives another bottom grid for the same noise
-        other = sample_indices(prior, 3, backend="reference", **{**kw, "top": (top + 1) % TOP})
+        other = draw(prior, 3, sampler="reference", **{**kw, "top": (top + 1) % TOP})
         assert not torch.equal(naive, other)
 
 
@@ -75,8 +76,8 @@ def test_fast_loops_same_grids_as_naive_float64(backend, kernel, layers, grid, n
     prior = bottom_prior(layers, kernel, seed=kernel + layers)
     noise = gumbel_noise(n, grid, 11, seed=4, dtype=torch.float64)
     kw = dict(noise=noise, alpha=0.7, temperature=0.8, top=top_grids(n, grid, 4))
-    naive = sample_indices(prior, n, backend="naive", **kw)
-    assert torch.equal(naive, sample_indices(prior, n, backend=backend, **kw))
+    naive = draw(prior, n, sampler="naive", **kw)
+    assert torch.equal(naive, draw(prior, n, sampler=backend, **kw))
 
 
 @needs_ext
@@ -156,9 +157,9 @@ def test_top_is_checked_before_sampling():
     ]
     for prior, top, message in cases:
         with pytest.raises(ValueError, match=message):
-            sample_indices(prior, 2, noise=gumbel_noise(2, (4, 4), 11, seed=0, dtype=torch.float64), top=top)
+            draw(prior, 2, noise=gumbel_noise(2, (4, 4), 11, seed=0, dtype=torch.float64), top=top)
     with pytest.raises(ValueError, match="even height and width"):
-        sample_indices(bottom, 1, noise=gumbel_noise(1, (3, 4), 11, seed=0, dtype=torch.float64), top=torch.zeros(1, 1, 2, dtype=torch.int64))
+        draw(bottom, 1, noise=gumbel_noise(1, (3, 4), 11, seed=0, dtype=torch.float64), top=torch.zeros(1, 1, 2, dtype=torch.int64))
 
 
 def test_noise_streams_are_independent():

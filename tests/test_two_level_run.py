@@ -20,6 +20,7 @@ from pegasus.sample import sample_to_file
 
 from .conftest import TINY_PIPELINE, needs_ext
 from .test_sample_loop import LOOP_BACKENDS
+from pegasus.sampling import SamplingOptions
 
 TWO_LEVELS = {**TINY_PIPELINE, "interpolate": {"mirror": True, "class_grids": True},
               "prior_train": {**TINY_PIPELINE["prior_train"], "pretrain_steps": 4}}
@@ -51,23 +52,23 @@ def test_pipeline_writes_both_priors_and_skips_when_done(tiny_folder, run2):
 def test_every_backend_gives_the_same_two_level_grids(run2):
     run = load_run(run2)
     assert run.levels == 2 and run.grids == [(2, 2), (4, 4)] and run.image_size == (16, 16)
-    naive = run.sample_codes(5, 0.4, seed=3, backend="naive")
+    naive = run.sample_codes(5, 0.4, options=SamplingOptions(seed=3, method="naive"))
     for backend in ["reference"] + LOOP_BACKENDS:
-        got = run.sample_codes(5, 0.4, seed=3, backend=backend)
+        got = run.sample_codes(5, 0.4, options=SamplingOptions(seed=3, backend=backend))
         assert all(torch.equal(a, b) for a, b in zip(naive, got)), backend
     # batch by batch, and as images, the same samples
-    images = run.sample(5, 0.4, seed=3, batch_size=2)
+    images = run.sample(5, 0.4, options=SamplingOptions(seed=3, batch_size=2))
     assert torch.equal(images, run.decode(naive))
 
 
 def test_keep_top_resamples_only_the_bottom_and_the_reverse(run2):
     run = load_run(run2)
-    top, bottom = run.sample_codes(6, 0.5, seed=0)
+    top, bottom = run.sample_codes(6, 0.5, options=SamplingOptions(seed=0))
     # The bottom draws come from their own noise stream: kept top codes leave them as they were.
-    assert torch.equal(run.sample_codes(6, 0.5, seed=0, top=top)[1], bottom)
-    shape = run.sample_codes(6, 0.5, seed=1, top=top[0])  # one top grid for all: same shape, new texture
+    assert torch.equal(run.sample_codes(6, 0.5, top=top, options=SamplingOptions(seed=0))[1], bottom)
+    shape = run.sample_codes(6, 0.5, top=top[0], options=SamplingOptions(seed=1))  # one top grid for all: same shape, new texture
     assert (shape[0] == top[0]).all() and len({tuple(g.flatten().tolist()) for g in shape[1]}) > 1
-    texture = run.sample_codes(6, 0.5, seed=1, bottom=bottom[0])
+    texture = run.sample_codes(6, 0.5, bottom=bottom[0], options=SamplingOptions(seed=1))
     assert (texture[1] == bottom[0]).all() and len({tuple(g.flatten().tolist()) for g in texture[0]}) > 1
     with pytest.raises(ValueError, match="not both"):
         run.sample_codes(2, top=top[:2], bottom=bottom[:2])
@@ -81,7 +82,7 @@ def test_keep_top_resamples_only_the_bottom_and_the_reverse(run2):
 
 def test_swap_levels_rows_share_the_top_columns_the_bottom(run2, tiny_run):
     run = load_run(run2)
-    codes = run.sample_codes(3, 0.5, seed=2)
+    codes = run.sample_codes(3, 0.5, options=SamplingOptions(seed=2))
     sheet = run.swap_levels(codes)
     assert sheet.shape == (3, 3, 3, 16, 16) and sheet.dtype == torch.uint8
     assert torch.equal(sheet.diagonal(dim1=0, dim2=1).permute(3, 0, 1, 2), run.decode(codes))
@@ -99,7 +100,7 @@ def test_cli_keep_top_and_keep_bottom(run2, tiny_run, tmp_path, capsys):
     assert summary["kept_top"] == str(picture) and summary["top_grid"] == [2, 2] and out.stat().st_size > 0
     run = load_run(run2)
     x = torch.from_numpy(np.asarray(Image.open(picture).convert("RGB").resize((16, 16), Image.Resampling.LANCZOS)).copy())
-    expected = run.sample(4, 0.5, seed=0, top=run.encode(x.permute(2, 0, 1)[None])[0][0])
+    expected = run.sample(4, 0.5, top=run.encode(x.permute(2, 0, 1)[None])[0][0], options=SamplingOptions(seed=0))
     assert np.array_equal(np.asarray(Image.open(out)), _grid_of(expected, tmp_path))
     assert main(["sample", "--run-dir", str(run2), "--out", str(tmp_path / "t.png"), "-n", "2", "--keep-bottom", str(picture)]) == 0
     assert json.loads(capsys.readouterr().out)["kept_bottom"] == str(picture)
@@ -140,7 +141,7 @@ def test_export_ships_the_top_prior(run2, tmp_path):
     assert {"vqvae.safetensors", "prior.safetensors", "top/prior.safetensors", "top/prior_config.json"} <= set(sizes)
     shipped, run = load_run(tmp_path / "w"), load_run(run2)
     assert shipped.levels == 2 and shipped.grids == run.grids
-    assert shipped.sample(3, seed=0).shape == (3, 3, 16, 16)
+    assert shipped.sample(3, options=SamplingOptions(seed=0)).shape == (3, 3, 16, 16)
 
 
 def test_evaluate_understands_two_level_runs(run2, tmp_path):
@@ -180,7 +181,7 @@ def test_96x96_stl10_two_levels_sample_on_every_backend(tmp_path):
     pipeline.run_pipeline(data, tmp_path / "run", settings=settings, progress=False, levels=2)
     run = load_run(tmp_path / "run")
     assert run.grids == [(12, 12), (24, 24)] and run.image_size == (96, 96)
-    reference = run.sample_codes(2, 0.5, seed=0, backend="reference")
+    reference = run.sample_codes(2, 0.5, options=SamplingOptions(seed=0, backend="reference"))
     # cpu only: the Triton interpreter would take a minute here (the small-grid tests cover it)
-    assert all(torch.equal(a, b) for a, b in zip(reference, run.sample_codes(2, 0.5, seed=0, backend="cpu")))
-    assert run.sample(2, seed=0).shape == (2, 3, 96, 96)
+    assert all(torch.equal(a, b) for a, b in zip(reference, run.sample_codes(2, 0.5, options=SamplingOptions(seed=0, backend="cpu"))))
+    assert run.sample(2, options=SamplingOptions(seed=0)).shape == (2, 3, 96, 96)

@@ -51,13 +51,18 @@ void gemm_split_columns(const Rows<T>& x, const T* w, const T* bias, int64_t ldb
 
 void sample_row_cpu(const at::Tensor& v_state, const at::Tensor& v2h_row, at::TensorList weights,
                     const at::Tensor& cond, int64_t row, const std::optional<at::Tensor>& cond_map) {
-  const PackedPrior p = check_weights(weights);
-  const auto [batch, width] = check_v_state(v_state, p, weights[0]);
+  const bool checked = in_checked_loop();
+  const PackedPrior p = checked ? packed_sizes(weights) : check_weights(weights);
+  const auto [batch, width] =
+      checked ? std::pair{v_state.size(1), v_state.size(3) - 2 * p.half} : check_v_state(v_state, p, weights[0]);
   const int64_t c = p.channels, k = p.kernel, h = p.half, ring = h + 1, padded = width + 2 * h;
-  check_state("v2h_row", v2h_row, weights[0], {p.layers, batch, width, 2 * c});
-  check_state("cond", cond, weights[0], {p.layers, batch, 2 * c});
-  TORCH_CHECK(row >= 0, "sample_row: row should be >= 0, got ", row);
-  const int64_t height = cond_map ? check_cond_map(*cond_map, p, weights[0], batch, width, row) : 0;
+  if (!checked) {
+    check_state("v2h_row", v2h_row, weights[0], {p.layers, batch, width, 2 * c});
+    check_state("cond", cond, weights[0], {p.layers, batch, 2 * c});
+    TORCH_CHECK(row >= 0, "sample_row: row should be >= 0, got ", row);
+    if (cond_map) check_cond_map(*cond_map, p, weights[0], batch, width, row);
+  }
+  const int64_t height = cond_map ? cond_map->size(2) : 0;
   const int64_t here = row % ring;
 
   AT_DISPATCH_FLOATING_TYPES(v_state.scalar_type(), "sample_row", [&] {
@@ -163,20 +168,24 @@ std::tuple<at::Tensor, at::Tensor> sample_position_cpu(const at::Tensor& v_state
                                                        const at::Tensor& v2h_row, at::TensorList weights,
                                                        const at::Tensor& noise, double temperature, int64_t top_k,
                                                        int64_t row, int64_t col) {
-  const PackedPrior p = check_weights(weights);
-  const auto [batch, width] = check_v_state(v_state, p, weights[0]);
+  const bool checked = in_checked_loop();
+  const PackedPrior p = checked ? packed_sizes(weights) : check_weights(weights);
+  const auto [batch, width] =
+      checked ? std::pair{v_state.size(1), v_state.size(3) - 2 * p.half} : check_v_state(v_state, p, weights[0]);
   const int64_t c = p.channels, h = p.half, ring = h + 1, padded_x = width + h;
-  check_state("x_state", x_state, weights[0], {p.layers, batch, padded_x, c});
-  check_state("v2h_row", v2h_row, weights[0], {p.layers, batch, width, 2 * c});
-  TORCH_CHECK(noise.sizes() == at::IntArrayRef({batch, p.codes}), "sample_position: noise should be [B=", batch,
-              ", K=", p.codes, "], got ", noise.sizes());
-  TORCH_CHECK(noise.scalar_type() == weights[0].scalar_type() && noise.device() == weights[0].device(),
-              "sample_position: noise should be ", weights[0].scalar_type(), " on ", weights[0].device(), ", got ",
-              noise.scalar_type(), " on ", noise.device());
-  TORCH_CHECK(std::isfinite(temperature) && temperature > 0, "sample_position: temperature should be > 0, got ",
-              temperature);
-  TORCH_CHECK(row >= 0, "sample_position: row should be >= 0, got ", row);
-  TORCH_CHECK(col >= 0 && col < width, "sample_position: col should be in [0, ", width, "), got ", col);
+  if (!checked) {
+    check_state("x_state", x_state, weights[0], {p.layers, batch, padded_x, c});
+    check_state("v2h_row", v2h_row, weights[0], {p.layers, batch, width, 2 * c});
+    TORCH_CHECK(noise.sizes() == at::IntArrayRef({batch, p.codes}), "sample_position: noise should be [B=", batch,
+                ", K=", p.codes, "], got ", noise.sizes());
+    TORCH_CHECK(noise.scalar_type() == weights[0].scalar_type() && noise.device() == weights[0].device(),
+                "sample_position: noise should be ", weights[0].scalar_type(), " on ", weights[0].device(), ", got ",
+                noise.scalar_type(), " on ", noise.device());
+    TORCH_CHECK(std::isfinite(temperature) && temperature > 0, "sample_position: temperature should be > 0, got ",
+                temperature);
+    TORCH_CHECK(row >= 0, "sample_position: row should be >= 0, got ", row);
+    TORCH_CHECK(col >= 0 && col < width, "sample_position: col should be in [0, ", width, "), got ", col);
+  }
 
   at::Tensor codes = at::empty({batch}, v_state.options().dtype(at::kLong));
   at::Tensor logits = at::empty({batch, p.codes}, x_state.options());

@@ -62,10 +62,12 @@ class Record:
 
 
 def available_backends(device: str) -> tuple[list[str], list[str]]:
-    """(sampler backends that can run a float32 prior on `device`, notes on those skipped and why)."""
+    """(what is timed on `device`: "naive", the naive method, then the kernel backends of the cached
+    method that can run a float32 prior there; notes on the backends skipped and why)."""
     from pegasus import backends
 
-    return backends.runnable(backends.SAMPLER, device)
+    names, notes = backends.runnable(backends.SAMPLER, device)
+    return ["naive", *names], notes
 
 
 def make_prior(device: str, seed: int = 0, top_codes: int = 0):
@@ -83,15 +85,16 @@ def setup(
     """A call sampling `batch` grids of `grid` with `backend`, fixed noise (seed 0), alpha 0.5
     (levels=2: a top grid of half the side, then `grid` given it; module docstring).
     rows: the naive sampler only, stop after this many rows (for the scaled timing)."""
-    from pegasus.sampling import gumbel_noise, sample_indices, sample_naive
+    from pegasus.sampling import SamplingOptions, gumbel_noise, sample_indices, sample_naive
 
     prior = make_prior(device, top_codes=512 if levels == 2 else 0)
     noise = gumbel_noise(batch, grid, prior.cfg.codes, seed=0, device=device, stream=levels - 1)
     alpha = torch.full((batch,), 0.5, device=device)
+    options = SamplingOptions(method="naive") if backend == "naive" else SamplingOptions(backend=backend)
     if levels == 1:
         if rows is not None:
             return lambda: sample_naive(prior, alpha, noise, 1.0, None, rows=rows)
-        return lambda: sample_indices(prior, batch, alpha=0.5, noise=noise, backend=backend)
+        return lambda: sample_indices(prior, batch, 0.5, options=options, noise=noise)
     top_prior = make_prior(device, seed=1)
     top_grid = (grid[0] // 2, grid[1] // 2)
     top_noise = gumbel_noise(batch, top_grid, top_prior.cfg.codes, seed=0, device=device)
@@ -106,8 +109,8 @@ def setup(
         return naive_rows
 
     def two_levels() -> torch.Tensor:
-        top = sample_indices(top_prior, batch, alpha=0.5, noise=top_noise, backend=backend)
-        return sample_indices(prior, batch, alpha=0.5, noise=noise, backend=backend, top=top)
+        top = sample_indices(top_prior, batch, 0.5, options=options, noise=top_noise)
+        return sample_indices(prior, batch, 0.5, options=options, noise=noise, top=top)
 
     return two_levels
 

@@ -45,6 +45,7 @@ from pegasus.checkpoint import CheckpointError
 from pegasus.demo.settings import MAX_SAMPLES, BadRequest, Settings, check_top_k, parse_settings
 from pegasus.images import encode_image, make_grid
 from pegasus.run import Run, load_run
+from pegasus.sampling import SamplingOptions
 
 STRIP_ALPHAS = tuple(i / 8 for i in range(9))
 """The alphas of the strip: one seed's first sample from bird (0) to horse (1)."""
@@ -122,16 +123,18 @@ def _batch_size(run: Run, n: int) -> int:
     return n if height * width <= 64 else max(4, -(-n // PROGRESS_STEPS))
 
 
+def _options(s: Settings, batch_size: int | None = None) -> SamplingOptions:
+    return SamplingOptions(temperature=s.temperature, top_k=s.top_k, seed=s.seed, backend=s.backend, batch_size=batch_size)
+
+
 def _grid_job(run: Run, s: Settings) -> tuple[int, Iterator[Tensor], dict[str, Any]]:
-    batches = run.iter_samples(s.n, s.alpha, temperature=s.temperature, top_k=s.top_k, seed=s.seed,
-                               backend=s.backend, batch_size=_batch_size(run, s.n))
+    batches = run.iter_samples(s.n, s.alpha, options=_options(s, _batch_size(run, s.n)))
     return s.n, batches, {"nrow": 8, "alpha": s.alpha}
 
 
 def _strip_job(run: Run, s: Settings) -> tuple[int, Iterator[Tensor], dict[str, Any]]:
     # Every alpha's sampler is set up (and its arguments checked) now, before the 200 is sent.
-    parts = [run.iter_samples(1, a, temperature=s.temperature, top_k=s.top_k, seed=s.seed, backend=s.backend)
-             for a in STRIP_ALPHAS]
+    parts = [run.iter_samples(1, a, options=_options(s)) for a in STRIP_ALPHAS]
     return len(STRIP_ALPHAS), itertools.chain.from_iterable(parts), {"nrow": len(STRIP_ALPHAS), "alphas": list(STRIP_ALPHAS)}
 
 
