@@ -49,20 +49,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"pegasus: error: {command + ': ' if command else ''}{message} (see `{self.prog} --help`)\n")
 
 
-def _add_shared(p: argparse.ArgumentParser) -> None:
+def _add_shared(p: argparse.ArgumentParser, **default: object) -> None:
     """The options every command takes, before the command's name or after it."""
-    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors", **default)
     p.add_argument("--threads", type=_args.positive_int, metavar="N",
                    help="CPU threads (torch.set_num_threads; default: torch's, one a core). Without it (and without "
-                   "OMP_NUM_THREADS), sampling runs on 1 thread while another process keeps a core busy")
+                   "OMP_NUM_THREADS), sampling runs on 1 thread while another process keeps a core busy", **default)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pegasus", description="White winged horses from a VQ-VAE and an autoregressive prior over its latents.")
     _add_shared(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # After the command's name the shared options default to nothing: argparse copies a
+    # subcommand's defaults over what the main parser read, so `pegasus --threads 1 generate`
+    # ignored its 1 while the copy after the name defaulted to None.
     common = _Parser(add_help=False)
-    _add_shared(common)
+    _add_shared(common, default=argparse.SUPPRESS)
     for command in COMMANDS:
         command.add(sub, common)
     return parser

@@ -75,7 +75,7 @@ def add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], help="fp32, or bf16: the forward pass under bfloat16 autocast "
                    "(quantiser, losses, EMA statistics and checkpoints stay float32). Default: bf16 where the CPU has "
                    "avx512_bf16/amx_bf16 (read by CPUID) or the GPU supports it, else fp32 (`pegasus info` says which); "
-                   "bf16 on a CPU without them is emulated, ~20x slower, and warns; --resume may switch it")
+                   "bf16 on a CPU without them is emulated, ~20x slower, and warns; a resumed run may switch it")
 
 
 def device(choice: str) -> str:

@@ -22,7 +22,8 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
                    "262144; K in 512, 1024). sampler: 8x8 at batch 1 and 16 only (default: 8x8 and 24x24 at batch 1, 16, 64). train: 4 timed steps instead of 10")
     p.add_argument("--shape", type=_shape, action="append", metavar="NxKxD", help="benchmark this shape instead (repeatable)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: cpu")
-    p.add_argument("--min-run-time", type=_args.positive_float, default=1.0, metavar="S", help="seconds of timing per measurement (default 1)")
+    p.add_argument("--min-run-time", type=_args.positive_float, default=1.0, metavar="S", help="nearest-code and sampler: "
+                   "seconds of timing per measurement (default 1; the training bench times a number of steps, see --quick)")
     p.add_argument("--cpu-capability", choices=["native", "avx2"], default="native",
                    help="nearest-code on the CPU: avx2 runs every provider (pegasus, torch, FAISS and its OpenBLAS) as on an "
                         "AVX2-only CPU, on a CPU that has AVX-512 (default: native)")

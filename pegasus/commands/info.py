@@ -5,7 +5,8 @@ import argparse
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("info", parents=[common], help="versions, the C++ extension, Triton and the default backend")
+    p = sub.add_parser("info", parents=[common], help="versions, the C++ extension, the CPU, every backend and the "
+                       "defaults here (backend, training precision)")
     p.set_defaults(func=run)
 
 

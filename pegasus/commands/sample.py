@@ -18,7 +18,7 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
     p = sub.add_parser(
         "sample",
         parents=[common, sampling],
-        help="sample pegasi from the prior and decode them to a PNG grid",
+        help="sample pegasi from the prior and decode them to a PNG grid (or an .npz, or a directory)",
         description="Sample code grids from RUN_DIR's prior (Gumbel-max, raster order) and decode them with its VQ-VAE.",
     )
     p.add_argument("--run-dir", required=True, type=_args.run_dir, metavar="RUN_DIR", help="run directory with vqvae.safetensors and prior.safetensors")
@@ -30,7 +30,7 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
         parents=[common, sampling],
         help="sample pegasi from the weights shipped with pegasus (no data, no network, seconds on a CPU)",
         description="Sample code grids from the pretrained prior shipped inside the package "
-        "(pegasus.pretrained(): trained on CIFAR-10) and decode them to a PNG grid of 32x32 images.",
+        "(pegasus.pretrained(): trained on CIFAR-10) and decode them to 32x32 images (a PNG grid unless --out says otherwise).",
     )
     p.add_argument("--out", type=_samples_out, default="pegasi.png", help=f"{_OUT}. Default pegasi.png")
     p.set_defaults(func=run_generate)

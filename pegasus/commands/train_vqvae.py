@@ -23,8 +23,8 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
     p.add_argument("--codes", type=_args.positive_int, help="codebook size K (default 512)")
     p.add_argument("--dim", type=_args.positive_int, help="code dimension D (default 64)")
     p.add_argument("--levels", type=int, choices=[1, 2], help="code levels (default 1); 2: a top grid at 1/8 of the image "
-                   "side over a bottom one at 1/4, as in VQ-VAE-2, each with its own codebook (interpolation, the prior "
-                   "and sampling work on one level so far)")
+                   "side over a bottom one at 1/4, as in VQ-VAE-2, each with its own codebook (every later stage takes "
+                   "both levels; train-prior --level top trains the top prior)")
     p.add_argument("--seed", type=_args.seed, help="seed of initialisation and batch order (default 0)")
     p.add_argument("--no-ema", action="store_true", help="learn the codebook by gradient instead of EMA updates")
     p.add_argument("--restart-after", type=_args.non_negative_int, help="re-seed codes unused for this many steps; 0 disables (default 2; raise it when a step holds few latents)")
