@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pegasus import backends
 from pegasus.commands import _args
+from pegasus.sampling import METHODS
 
 _OUT = "an image grid (.png, .jpg, .webp; up to 1024 samples), an .npz (uint8 [N, H, W, 3] as arr_0) or a directory (one PNG per sample)"
 
@@ -44,8 +45,11 @@ def _sampling_options() -> argparse.ArgumentParser:
                           "from its sampling.json; 1.0 without one)")
     sampling.add_argument("--top-k", type=_args.positive_int, help="sample among the k most likely codes only")
     sampling.add_argument("--seed", type=_args.seed, default=0, help="seed of the Gumbel noise (default 0)")
-    sampling.add_argument("--backend", choices=backends.SAMPLER.names(), help="sampler, same grids for the same seed: "
-                          + "; ".join(f"{b.name}: {b.summary}" for b in backends.SAMPLER.backends)
+    sampling.add_argument("--method", choices=METHODS, default="cached", help="cached: the cached raster loop over a "
+                          "backend's step ops (default); naive: a full pass of the prior per position, the ground truth "
+                          "(same grids for the same seed, hundreds of times slower)")
+    sampling.add_argument("--backend", choices=backends.SAMPLER.names(), help="kernels of the cached method's step ops, "
+                          "same grids for the same seed: " + "; ".join(f"{b.name}: {b.summary}" for b in backends.SAMPLER.backends)
                           + f". Default: the fastest available ({backends.SAMPLER.env} when set)")
     sampling.add_argument("--best-of", type=_args.positive_int, metavar="M", help="sample M and keep the n whitest (image grids only)")
     sampling.add_argument("--batch-size", type=_args.positive_int, default=256, metavar="B",
@@ -91,14 +95,16 @@ def run_generate(args: argparse.Namespace) -> int:
 def _sample(run: object, out: str, args: argparse.Namespace, say_where: bool) -> int:
     from pegasus.machine import guarded_threads
     from pegasus.sample import sample_to_file
+    from pegasus.sampling import SamplingOptions
 
     # The sampler guards its own threads (pegasus.sampling); this guard also covers decoding (the
     # same bits on 1 and 2 threads) and writing. 64 samples with another process on a core: 2.36 s
     # on 2 threads, 0.75 with the sampler guarded, 0.42 with this guard, 0.40 on 1 thread.
     with guarded_threads("sampling and decoding"):
+        options = SamplingOptions(temperature=args.temperature, top_k=args.top_k, seed=args.seed, method=args.method,
+                                  backend=args.backend, batch_size=args.batch_size)
         summary = sample_to_file(
-            run, out, n=args.n, alpha=args.alpha, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-            backend=args.backend, best_of=args.best_of, batch_size=args.batch_size,
+            run, out, n=args.n, alpha=args.alpha, options=options, best_of=args.best_of,
             progress=_args.is_rank0() and sys.stderr.isatty(), keep_top=args.keep_top, keep_bottom=args.keep_bottom,
         )
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
