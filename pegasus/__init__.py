@@ -2,7 +2,7 @@
 from pegasus import backends, ops
 from pegasus.models import VQVAE, GatedPixelCNN, PixelCNNConfig, VectorQuantizer, VQVAEConfig
 from pegasus.pretrained import pretrained
-from pegasus.run import Run, load_run
+from pegasus.rundir import Run, load_run
 from pegasus.sampling import SamplingOptions, sample_indices
 
 from pegasus._version import __version__

@@ -48,7 +48,7 @@ from pegasus.rundir import (
     read_selection,
     selected_images,
 )
-from pegasus.run import Run, load_run
+from pegasus.rundir import Run, load_run
 from pegasus.sampling import SamplingOptions
 
 __all__ = ["EVAL_ALPHAS", "STAGES", "evaluate_run", "frechet_distance", "format_report", "white_centre"]
@@ -144,7 +144,7 @@ def evaluate_run(
     test split (default all). temperature None: the run's (RUN_DIR/sampling.json, else 1.0). The
     samples are those of `pegasus sample` with the same seed and temperature.
     """
-    from pegasus.pretrained import WEIGHTS_DIR
+    from pegasus.rundir import WEIGHTS_DIR
 
     run_dir = Path(run_dir)
     if n < 2:

@@ -119,7 +119,7 @@ def run_pipeline(
             ds = load_dataset(data, "train")
             picks = dict(cfg.get("select", {}))
             if picks.pop("recognisable", False):
-                from pegasus.pretrained import AUX_CLASSIFIER_DIR
+                from pegasus.rundir import AUX_CLASSIFIER_DIR
                 from pegasus.rundir import load_classifier
 
                 picks["classifier"] = load_classifier(AUX_CLASSIFIER_DIR)

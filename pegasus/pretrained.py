@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save
 
 from pegasus.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, load_tensors
 from pegasus.rundir import (
+    AUX_CLASSIFIER_DIR,
     CLASSIFIER_CONFIG,
     CLASSIFIER_EVAL,
     CLASSIFIER_WEIGHTS,
@@ -35,19 +36,14 @@ from pegasus.rundir import (
     SELECTION,
     VQVAE_EVAL,
     VQVAE_WEIGHTS,
+    WEIGHTS_DIR,
+    Run,
     load_classifier,
+    load_run,
     prior_dir,
 )
-from pegasus.run import Run, load_run
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-"""Where the shipped run lives (installed with the package as package data), with the classifier
-that `pegasus evaluate` scores with (classifier.json, classifier.safetensors)."""
-AUX_CLASSIFIER_DIR = WEIGHTS_DIR / "aux"
-"""The auxiliary classifier, the one the method itself uses: the VQ-VAE's perceptual loss
-(train-vqvae --perceptual) and the recognisable picks (select --recognisable). It is trained like
-the evaluation one with another seed, so that `pegasus evaluate` never scores pictures with the
-network they were chosen or optimised by."""
+__all__ = ["AUX_CLASSIFIER_DIR", "WEIGHTS_DIR", "export_classifier", "export_run", "pretrained"]
 
 _SHIPPED = (CONFIG, VQVAE_WEIGHTS, PRIOR_CONFIG, PRIOR_WEIGHTS, SELECTION)
 

@@ -1,4 +1,4 @@
-"""Stage 5, sampling to files: n images of a run (pegasus.run.Run) written as a grid, a directory
+"""Stage 5, sampling to files: n images of a run (pegasus.rundir.Run) written as a grid, a directory
 of PNGs or an .npz, batch by batch."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pegasus.images import image_format, save_grid, whiteness
-from pegasus.run import Run, load_run
+from pegasus.rundir import Run, load_run
 from pegasus.sampling import SamplingOptions
 
 

@@ -59,7 +59,7 @@ class SamplingOptions:
     """How to sample, checked when made (ValueError naming the field).
 
     temperature: > 0, finite; logits are divided by it before the Gumbel noise is added. None: the
-      run's (`pegasus.run.Run`, RUN_DIR/sampling.json), or 1.0 for a bare prior.
+      run's (`pegasus.rundir.Run`, RUN_DIR/sampling.json), or 1.0 for a bare prior.
     top_k: restrict each choice to the k largest logits (None: all codes).
     seed: >= 0; sample i is drawn with the noise `gumbel_noise(1, grid, K, seed, first=i)`, so it
       depends on (seed, i) and the prior alone, whatever n, batch_size, method or backend.

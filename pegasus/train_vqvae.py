@@ -192,7 +192,7 @@ class _VQVAETrainer(Trainer):
             self.model.load_state_dict(start.state_dict())
         self.net = None
         if self.train_cfg.perceptual > 0:
-            from pegasus.pretrained import AUX_CLASSIFIER_DIR
+            from pegasus.rundir import AUX_CLASSIFIER_DIR
 
             self.net = load_classifier(self.train_cfg.perceptual_net or AUX_CLASSIFIER_DIR, self.device)
             self.net.requires_grad_(False)

@@ -22,7 +22,7 @@ from pegasus import backends
 from pegasus.cli import main
 from pegasus.demo import MAX_SAMPLES, make_server
 from pegasus.images import make_grid
-from pegasus.run import Run
+from pegasus.rundir import Run
 from pegasus.sampling import SamplingOptions
 
 

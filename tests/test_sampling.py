@@ -93,3 +93,33 @@ def test_other_grid_sizes_from_noise(prior):
 def test_bad_input(prior, kwargs, error, match):
     with pytest.raises(error, match=match):
         draw(prior, **{"n": 2, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"temperature": -1.0}, "temperature should be a finite number > 0, got -1.0"),
+        ({"temperature": True}, "temperature should be a finite number > 0, got True"),
+        ({"top_k": 2.0}, "top_k should be an integer >= 1 or None, got 2.0"),
+        ({"seed": -1}, "seed should be an integer >= 0, got -1"),
+        ({"method": "fast"}, "method should be one of cached, naive, got 'fast'"),
+        ({"backend": "naive"}, r"backend 'naive' is a sampling method, not a kernel backend: SamplingOptions\(method='naive'\)"),
+        ({"method": "naive", "backend": "cpu"}, "backend='cpu' picks the step ops of the cached method; method 'naive' runs none"),
+        ({"batch_size": 0}, "batch_size should be an integer >= 1 or None, got 0"),
+    ],
+)
+def test_options_are_checked_when_made(fields, match):
+    with pytest.raises(ValueError, match=match):
+        pegasus.SamplingOptions(**fields)
+    with pytest.raises(ValueError, match=match):
+        pegasus.SamplingOptions().replace(**fields)
+
+
+def test_options_are_one_keyword_after_alpha(prior):
+    """The public call: options by keyword only; the methods agree for the same options."""
+    options = pegasus.SamplingOptions(temperature=0.7, top_k=4, seed=3)
+    with pytest.raises(TypeError):
+        pegasus.sample_indices(prior, 2, 0.5, options)
+    cached = pegasus.sample_indices(prior, 2, 0.5, options=options)
+    assert torch.equal(cached, pegasus.sample_indices(prior, 2, 0.5, options=options.replace(method="naive")))
+    assert torch.equal(cached, pegasus.sample_indices(prior, 2, 0.5, options=options.replace(batch_size=1)))

@@ -13,7 +13,7 @@ from pegasus.cli import main
 from pegasus.demo.settings import parse_settings
 from pegasus.pretrained import export_run
 from pegasus.rundir import SAMPLING, read_sampling_defaults, write_sampling_defaults
-from pegasus.run import load_run
+from pegasus.rundir import load_run
 from pegasus.sampling import SamplingOptions
 
 

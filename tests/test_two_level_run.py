@@ -15,8 +15,7 @@ from PIL import Image
 from pegasus import pipeline
 from pegasus.cli import main
 from pegasus.rundir import load_prior, read_latents
-from pegasus.run import load_run
-from pegasus.sample import sample_to_file
+from pegasus.rundir import load_run
 
 from .conftest import TINY_PIPELINE, needs_ext
 from .test_sample_loop import LOOP_BACKENDS

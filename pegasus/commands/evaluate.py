@@ -30,7 +30,7 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
     p.add_argument("--temperature", type=_args.positive_float, help="sampling temperature (default: the run's, from its "
                    "sampling.json; 1.0 without one)")
     p.add_argument("--top-k", type=_args.positive_int, help="sample among the k most likely codes only")
-    p.add_argument("--backend", choices=backends.SAMPLER.names(), help="sampler backend (default: the fastest available)")
+    p.add_argument("--backend", choices=backends.SAMPLER.names(), help="kernels of the sampler's step ops, same samples on every one (default: the fastest available)")
     p.add_argument("--test-images", type=_args.positive_int, help="score only the first N test images (default all)")
     _args.add_device(p)
     p.set_defaults(func=run)
@@ -38,7 +38,7 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
 
 def run(args: argparse.Namespace) -> int:
     from pegasus.evaluate import evaluate_run, format_report
-    from pegasus.pretrained import WEIGHTS_DIR
+    from pegasus.rundir import WEIGHTS_DIR
 
     run_dir = args.run_dir or WEIGHTS_DIR
     out = args.out or (args.run_dir if args.run_dir else "pegasus-evaluation")

@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pegasus import __version__, _extension, backends
     from pegasus.machine import BUSY_REGION_S, cpu_isa, cpu_name, isa_text, parallel_region_s
-    from pegasus.pretrained import WEIGHTS_DIR
+    from pegasus.rundir import WEIGHTS_DIR
     from pegasus.training import bf16_supported, resolve_precision
 
     print(f"pegasus {__version__}, torch {torch.__version__}")

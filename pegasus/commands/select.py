@@ -36,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
     ds = load_dataset(args.data, args.split)
     classifier = None
     if args.recognisable or args.classifier:
-        from pegasus.pretrained import AUX_CLASSIFIER_DIR
-        from pegasus.rundir import load_classifier
+        from pegasus.rundir import AUX_CLASSIFIER_DIR, load_classifier
 
         classifier = load_classifier(args.classifier or AUX_CLASSIFIER_DIR)
     picks = select_white(

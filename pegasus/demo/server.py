@@ -44,7 +44,7 @@ from pegasus import backends
 from pegasus.checkpoint import CheckpointError
 from pegasus.demo.settings import MAX_SAMPLES, BadRequest, Settings, check_top_k, parse_settings
 from pegasus.images import encode_image, make_grid
-from pegasus.run import Run, load_run
+from pegasus.rundir import Run, load_run
 from pegasus.sampling import SamplingOptions
 
 STRIP_ALPHAS = tuple(i / 8 for i in range(9))
@@ -342,7 +342,8 @@ def make_server(run: str | Path | Run | None = None, host: str = "127.0.0.1", po
     """A DemoServer bound to (host, port) (port 0: a free one; `.url` says which), serving `run`
     (None: the shipped run, pegasus.pretrained()). A run that does not load raises CheckpointError
     now, a port in use OSError naming it. Call `.serve_forever()` (in a thread, in tests)."""
-    from pegasus.pretrained import WEIGHTS_DIR, pretrained
+    from pegasus.pretrained import pretrained
+    from pegasus.rundir import WEIGHTS_DIR
 
     if run is None:
         run = pretrained()
