@@ -20,6 +20,7 @@ from pegasus.checkpoint import has_checkpoint
 from pegasus.data import load_dataset
 from pegasus.interpolate import interpolate
 from pegasus.rundir import (
+    AUX_CLASSIFIER_DIR,
     CHECKPOINT,
     CONTACT_SHEET,
     LATENTS,
@@ -33,6 +34,7 @@ from pegasus.rundir import (
     STRIPS,
     VQVAE_EVAL,
     VQVAE_WEIGHTS,
+    load_classifier,
     prior_dir,
     write_sampling_defaults,
 )
@@ -119,9 +121,6 @@ def run_pipeline(
             ds = load_dataset(data, "train")
             picks = dict(cfg.get("select", {}))
             if picks.pop("recognisable", False):
-                from pegasus.rundir import AUX_CLASSIFIER_DIR
-                from pegasus.rundir import load_classifier
-
                 picks["classifier"] = load_classifier(AUX_CLASSIFIER_DIR)
             write_selection(out, ds, "train", select_white(ds, **picks))
 

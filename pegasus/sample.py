@@ -72,32 +72,17 @@ def sample_to_file(
     by the run's VQ-VAE, resized to the run's image size first if it differs. Returns what was
     done, the sampling time and the time per sampling step (one position of a whole batch)."""
     kind = output_kind(out)
-    if best_of is not None and best_of < n:
-        raise ValueError(f"best-of should be >= n ({n}), got {best_of}")
-    if kind != "grid" and best_of is not None:
-        raise ValueError(f"--best-of keeps the whitest of all samples: it needs an image grid --out, got {out}")
-    total = best_of or n
-    if kind == "grid" and total > MAX_GRID:
-        raise ValueError(
-            f"an image grid holds at most {MAX_GRID} samples, asked for {total}; write a directory (--out DIR) "
-            "or an .npz (--out FILE.npz) instead"
-        )
+    total = _check_output(out, kind, n, best_of)
     if keep_top is not None and keep_bottom is not None:
         raise ValueError("--keep-top and --keep-bottom: keep one level, the other is sampled")
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir, device)
     options = run.options_for(options)
     if options.batch_size is None:
         options = options.replace(batch_size=DEFAULT_BATCH)
-    kept: dict[str, Tensor] = {}
-    for level, picture in (("top", keep_top), ("bottom", keep_bottom)):
-        if picture is not None:
-            if run.levels != 2:
-                raise ValueError(f"--keep-{level} needs a two-level run (train-vqvae --levels 2); {run.run_dir} has one level")
-            kept[level] = run.encode(read_picture(picture, run.image_size)[None])[0 if level == "top" else 1][0]
-    batches = run.iter_samples(total, alpha, options=options, **kept)
+    kept = _kept_levels(run, {"top": keep_top, "bottom": keep_bottom})
     bar = tqdm(total=total, desc="sample", unit="img", disable=not progress, dynamic_ncols=True)
     timer = {"sampling_s": 0.0}
-    batches = _timed(batches, timer, bar)
+    batches = _timed(run.iter_samples(total, alpha, options=options, **kept), timer, bar)
     if kind == "grid":
         images = torch.cat(list(batches))
         if best_of is not None:
@@ -125,6 +110,32 @@ def sample_to_file(
         summary["top_grid"] = list(run.top_prior.cfg.grid)
         summary.update({f"kept_{level}": str(path) for level, path in (("top", keep_top), ("bottom", keep_bottom)) if path is not None})
     return summary
+
+
+def _check_output(out: str | os.PathLike, kind: str, n: int, best_of: int | None) -> int:
+    """The number of samples to draw for `out` of `kind` (n, or best_of), or ValueError."""
+    if best_of is not None and best_of < n:
+        raise ValueError(f"best-of should be >= n ({n}), got {best_of}")
+    if kind != "grid" and best_of is not None:
+        raise ValueError(f"--best-of keeps the whitest of all samples: it needs an image grid --out, got {out}")
+    total = best_of or n
+    if kind == "grid" and total > MAX_GRID:
+        raise ValueError(
+            f"an image grid holds at most {MAX_GRID} samples, asked for {total}; write a directory (--out DIR) "
+            "or an .npz (--out FILE.npz) instead"
+        )
+    return total
+
+
+def _kept_levels(run: Run, pictures: dict[str, str | os.PathLike | None]) -> dict[str, Tensor]:
+    """{"top" or "bottom": the code grid of the picture that level keeps} (`Run.sample_codes`)."""
+    kept: dict[str, Tensor] = {}
+    for level, picture in pictures.items():
+        if picture is not None:
+            if run.levels != 2:
+                raise ValueError(f"--keep-{level} needs a two-level run (train-vqvae --levels 2); {run.run_dir} has one level")
+            kept[level] = run.encode(read_picture(picture, run.image_size)[None])[0 if level == "top" else 1][0]
+    return kept
 
 
 def read_picture(path: str | os.PathLike, size: tuple[int, int]) -> Tensor:

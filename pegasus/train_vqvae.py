@@ -24,7 +24,7 @@ from pegasus.images import images_to_tensor, save_grid
 from pegasus.models.classifier import Classifier, perceptual_distance
 from pegasus.models.quantizer import code_perplexity
 from pegasus.models.vqvae import VQVAE, VQVAE2, VQVAEConfig, build_vqvae
-from pegasus.rundir import CHECKPOINT, CONFIG, LOSS_CURVES, METRICS, RECONSTRUCTIONS, VQVAE_EVAL, VQVAE_WEIGHTS, load_classifier, load_vqvae
+from pegasus.rundir import AUX_CLASSIFIER_DIR, CHECKPOINT, CONFIG, LOSS_CURVES, METRICS, RECONSTRUCTIONS, VQVAE_EVAL, VQVAE_WEIGHTS, load_classifier, load_vqvae
 from pegasus.training import RunFiles, StepLoss, TrainConfig, Trainer, TrainingError, batch_indices, global_slice, train
 
 __all__ = ["TrainConfig", "TrainingError", "VQVAETrainConfig", "evaluate", "train_vqvae"]
@@ -40,7 +40,7 @@ class VQVAETrainConfig(TrainConfig):
     """TrainConfig with the VQ-VAE's extra terms. perceptual: the weight of `perceptual_distance`
     between reconstructions and originals in the loss (0: MSE alone), measured by the classifier
     in perceptual_net (a `pegasus train-classifier` directory; None: the auxiliary one
-    shipped, pegasus.pretrained.AUX_CLASSIFIER_DIR, not the one `pegasus evaluate` scores with).
+    shipped, pegasus.rundir.AUX_CLASSIFIER_DIR, not the one `pegasus evaluate` scores with).
     init: a run directory whose VQ-VAE weights training starts from (None: from scratch)."""
 
     perceptual: float = 0.0
@@ -192,8 +192,6 @@ class _VQVAETrainer(Trainer):
             self.model.load_state_dict(start.state_dict())
         self.net = None
         if self.train_cfg.perceptual > 0:
-            from pegasus.rundir import AUX_CLASSIFIER_DIR
-
             self.net = load_classifier(self.train_cfg.perceptual_net or AUX_CLASSIFIER_DIR, self.device)
             self.net.requires_grad_(False)
         return self.model, optimizer
