@@ -383,16 +383,23 @@ def test_every_block_is_classified(page):
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_runs(page, tmp_path, tiny_data, commands, monkeypatch):
+    import torch
+
     cwd = page_dir(tmp_path, tiny_data, commands)
     monkeypatch.chdir(cwd)
     namespace: dict = {"__name__": "__docs__"}
-    for block in read_blocks(page):
-        if not block.runs:
-            continue
-        if block.language == "bash":
-            run_bash(block, cwd, commands)
-        else:
-            exec(compile(block.code, block.where, "exec"), namespace)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the commands run (`shrink`): a busy core slows two threads down
+    try:
+        for block in read_blocks(page):
+            if not block.runs:
+                continue
+            if block.language == "bash":
+                run_bash(block, cwd, commands)
+            else:
+                exec(compile(block.code, block.where, "exec"), namespace)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_quickstart(tmp_path, tiny_data, commands):
