@@ -15,6 +15,7 @@ tests/test_cli.py checks every option against torchrun's parser.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -111,9 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         set_threads(args.threads)
     try:
         try:
-            return args.func(args)
+            code = args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, inside the boundary, not at exit
+            return code
         finally:
             _leave_process_group()
+    except BrokenPipeError:
+        # `pegasus info | head -3`: the reader has gone, so there is no one to tell. Python's recipe:
+        # point stdout at /dev/null so that the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer whose pipe closed
     except KeyboardInterrupt:
         _close_progress_bars()
         print("pegasus: interrupted", file=sys.stderr)

@@ -52,7 +52,7 @@ QUICK = {
     "prior_train": {"steps": 300, "batch_size": 64, "checkpoint_every": 100},
     "samples": 16,
 }
-# The shipped run's recipe after the VQ-VAE (README, Results), which adds two fine-tunes of the
+# The shipped run's recipe after the VQ-VAE (docs/results.md), which adds two fine-tunes of the
 # VQ-VAE with the perceptual loss that this pipeline leaves out: white and recognisable picks,
 # slerp mixes of every pair and its mirror, a 96-channel prior pre-trained on every bird and horse.
 FULL: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Take the README's picture of the demo page, docs/demo.png: `pegasus demo` with the shipped run on
+"""Take the picture of the demo page (docs/demo.md), docs/demo.png: `pegasus demo` with the shipped run on
 a free port, opened in Debian's headless Chromium (Selenium, Debian's chromedriver) at alpha 0.5,
 seed 0, 16 samples, once the grid and the strip are on screen and Generate was pressed once more.
 

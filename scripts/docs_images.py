@@ -1,4 +1,4 @@
-"""Regenerate the README's sample pictures from the weights shipped in pegasus/weights:
+"""Regenerate the sample pictures of README.md and docs/ from the weights shipped in pegasus/weights:
 docs/pegasi.png (what `pegasus generate -n 64 --alpha 0.5 --seed 0` writes) and docs/alpha_sweep.png
 (the same 8 seeds' samples at alpha 0, 0.25, 0.5, 0.75, 1, one row each).
 

@@ -1,4 +1,4 @@
-"""Regenerate the README's picture of the two-level control, docs/levels.png, from a two-level run
+"""Regenerate the picture of the two-level control (docs/model.md), docs/levels.png, from a two-level run
 directory (`pegasus pipeline --levels 2`, or the steps by hand):
 
     python scripts/docs_levels.py RUN_DIR [--alpha 0.5] [--seed 0]

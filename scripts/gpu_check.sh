@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of a lent CUDA machine, in one go (see README, "Development notes"): build the
+# The GPU checks of a lent CUDA machine, in one go (see docs/development.md): build the
 # extension against the machine's torch, run tests/test_gpu.py (the Triton kernels against the
 # references on CUDA), then the sampler and nearest-code benchmarks on CUDA. Results go to $OUT
 # (default ./gpu-out). Each step has its own time limit so that a slow one leaves the others' output.

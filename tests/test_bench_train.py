@@ -1,5 +1,5 @@
 """`pegasus bench train`: the plain tutorial VQ-VAE beside pegasus's, fp32 beside bf16 (figures
-live in benchmarks/results and the README, never in asserts); the benches' one table builder."""
+live in benchmarks/results and docs/benchmarks.md, never in asserts); the benches' one table builder."""
 from __future__ import annotations
 
 import json

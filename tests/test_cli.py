@@ -212,3 +212,11 @@ def test_bench_sampler_records_and_the_scaled_naive():
 def test_bench_sampler_rejects_shape(capsys):
     assert main(["bench", "sampler", "--shape", "64x8x4"]) == 1
     assert "--shape is for nearest-code" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_is_not_an_error():
+    """`pegasus info | head -3`: the reader leaves early; no 'error: Broken pipe' on stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "pegasus", "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before pegasus writes: its first write or flush finds the pipe closed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "error" not in err and "Traceback" not in err, err

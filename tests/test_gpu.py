@@ -1,5 +1,5 @@
 """The Triton kernels on a real GPU against the references (skipped without CUDA; CI has none, so
-these run on a lent GPU machine: see the README's development notes)."""
+these run on a lent GPU machine: see docs/development.md)."""
 import pytest
 import torch
 

@@ -53,7 +53,7 @@ def test_bf16_training_keeps_float32_and_resume_switches(tiny_folder, tmp_path):
 
 def test_bf16_and_fp32_train_to_nearby_losses(tiny_folder, tmp_path):
     """Autocast changes the arithmetic of the forward pass, not what is learned: after a few steps
-    the two runs' reconstruction MSE agree closely (the 2000-step figure is in the README)."""
+    the two runs' reconstruction MSE agree closely (the 2000-step figure is in docs/benchmarks.md)."""
     mse = {}
     for precision in ("fp32", "bf16"):
         run = tmp_path / precision
